@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Install the Debian packages needed to build and run the external file system
+# test suites (scripts/pjdfstest.sh and scripts/fsx.sh).
+#
+# Usage: scripts/install-test-deps.sh
+#
+# Idempotent: packages that are already installed are left alone, and
+# `apt-get update` only runs when the package lists are missing or an install
+# from the existing lists fails. Must run as root (or with sudo available).
+set -euo pipefail
+
+# The one place where the package list lives.
+PACKAGES=(
+    libacl1-dev      # pjdfstest: links against libacl (exacl crate)
+    acl              # getfacl/setfacl, handy when looking at ACL failures
+    attr             # getfattr/setfattr for xattr checks
+    fuse3            # fusermount3, /etc/fuse.conf
+    pkg-config       # build scripts that look up system libraries
+    gcc              # C toolchain / linker used by cargo
+    libc6-dev        # C headers and crt files for linking
+    ca-certificates  # cargo talking to crates.io over TLS
+    mount            # mount, umount
+    util-linux       # findmnt, mountpoint
+)
+
+log() { printf 'install-test-deps: %s\n' "$*" >&2; }
+
+is_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+missing_packages() {
+    local pkg
+    for pkg in "${PACKAGES[@]}"; do
+        is_installed "$pkg" || printf '%s\n' "$pkg"
+    done
+}
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        log "need root to run: $*"
+        exit 1
+    fi
+}
+
+apt_lists_present() {
+    compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null
+}
+
+apt_update() {
+    log "running apt-get update"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+}
+
+apt_install() {
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "$@"
+}
+
+main() {
+    local missing
+    mapfile -t missing < <(missing_packages)
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        log "all packages already installed"
+        return 0
+    fi
+    log "installing: ${missing[*]}"
+    apt_lists_present || apt_update
+    if ! apt_install "${missing[@]}"; then
+        log "install failed with the current package lists; refreshing them"
+        apt_update
+        apt_install "${missing[@]}"
+    fi
+    log "done"
+}
+
+main "$@"

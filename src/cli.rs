@@ -1,0 +1,424 @@
+//! The command line: parses arguments into a validated configuration, then runs one command.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use log::warn;
+
+use crate::fuse::CacheMode;
+use crate::harness::TempMount;
+use crate::mount::{self, MountConfig, Mounted};
+use crate::registry::{self, Entry};
+
+/// rawfs: an in-memory file system over FUSE for testing raw I/O semantics.
+///
+/// Every request the kernel sends reaches rawfs (no caching unless --cache), so what a
+/// program does to its files is exactly what rawfs sees.
+#[derive(Parser, Debug)]
+#[command(name = "rawfs", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Mount an empty in-memory file system on MOUNTPOINT.
+    ///
+    /// Runs in the foreground until SIGINT or SIGTERM (or `rawfs umount`), then unmounts.
+    /// With --daemon, returns as soon as the mount answers and keeps serving in the
+    /// background; its log goes to the runtime directory (see `rawfs umount --help`).
+    Mount {
+        /// An existing, empty directory.
+        mountpoint: PathBuf,
+        /// Return once mounted and keep serving in the background.
+        #[arg(long)]
+        daemon: bool,
+        #[command(flatten)]
+        opts: MountArgs,
+        /// Write "ready" or "error: REASON" on stdout once mounted (used by --daemon).
+        #[arg(long, hide = true)]
+        notify_ready: bool,
+    },
+    /// Unmount a rawfs mount and wait for its daemon to exit.
+    ///
+    /// Works on a stale mount left by a daemon that died (the kernel answers "Transport
+    /// endpoint is not connected" there).
+    #[command(alias = "unmount")]
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// If the mount is busy, detach it now and let the kernel finish when it is free.
+        #[arg(long, short = 'l')]
+        lazy: bool,
+    },
+    /// Run CMD with a fresh rawfs mount as its working directory, then unmount.
+    ///
+    /// The mount point is also in $RAWFS_MOUNT. Exits with CMD's status (128+N if a
+    /// signal N killed it).
+    Run {
+        /// After CMD ends, keep the mount until Ctrl-C or `rawfs umount`, to look around.
+        #[arg(long)]
+        keep: bool,
+        #[command(flatten)]
+        opts: MountArgs,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct MountArgs {
+    /// Limit file data to this size: writes beyond it fail with ENOSPC. Accepts a number of
+    /// bytes with an optional K, M, G or T suffix (powers of 1024), e.g. 64M.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    size: Option<u64>,
+    /// Let the kernel cache: page cache for file data and 1 s TTLs for names and attributes.
+    /// Faster, but reads and writes reach rawfs page by page or not at all, and cached
+    /// lookups and stats are not seen.
+    #[arg(long)]
+    cache: bool,
+    /// Threads serving requests.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
+}
+
+impl MountArgs {
+    fn config(&self) -> MountConfig {
+        MountConfig {
+            cache: if self.cache {
+                CacheMode::Cached
+            } else {
+                CacheMode::Direct
+            },
+            size: self.size,
+            threads: self.threads.into(),
+        }
+    }
+
+    fn to_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["--threads".into(), self.threads.to_string().into()];
+        if let Some(s) = self.size {
+            a.push("--size".into());
+            a.push(s.to_string().into());
+        }
+        if self.cache {
+            a.push("--cache".into());
+        }
+        a
+    }
+}
+
+/// Parses a size such as `4096`, `64K`, `1.5G` or `2GiB` into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in size {s:?} (use K, M, G or T)"
+            ));
+        }
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (example: 64M)"))?;
+    let bytes = n * mult as f64;
+    if !(1.0..=u64::MAX as f64).contains(&bytes) {
+        return Err(format!("size {s:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Entry point of the `rawfs` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Cmd::Mount { .. } => "rawfs=info,fuser=error",
+        _ => "warn",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
+        .init();
+    match cli.command {
+        Cmd::Mount {
+            mountpoint,
+            daemon: true,
+            opts,
+            ..
+        } => spawn_daemon(&mountpoint, &opts),
+        Cmd::Mount {
+            mountpoint,
+            daemon: false,
+            opts,
+            notify_ready,
+        } => serve(&mountpoint, &opts.config(), notify_ready),
+        Cmd::Umount { mountpoint, lazy } => umount(&mountpoint, lazy),
+        Cmd::Run {
+            keep,
+            opts,
+            command,
+        } => run(&opts.config(), keep, &command),
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("rawfs: {msg}");
+    ExitCode::FAILURE
+}
+
+/// Blocks the stop signals in this thread and every thread it starts later, so that they
+/// are taken only by [`wait_for_stop`].
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits until a stop signal arrives or the session ends on its own (external unmount).
+fn wait_for_stop(set: &libc::sigset_t, mounted: &Mounted) {
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 100_000_000,
+    };
+    while mounted.is_alive() {
+        // SAFETY: set is initialised, timeout is valid, siginfo may be null.
+        let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
+        if sig > 0 {
+            log::info!("signal {sig}: unmounting");
+            return;
+        }
+    }
+}
+
+fn serve(mountpoint: &Path, config: &MountConfig, notify_ready: bool) -> ExitCode {
+    let set = block_stop_signals();
+    let mounted = match Mounted::mount(mountpoint, config) {
+        Ok(m) => m,
+        Err(e) if notify_ready => {
+            println!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => return fail(e),
+    };
+    let entry = Entry::for_mountpoint(mountpoint).ok();
+    if let Some(entry) = &entry {
+        if let Err(e) = entry.write_pid(std::process::id()) {
+            warn!("cannot record the daemon pid: {e}");
+        }
+    }
+    if notify_ready {
+        println!("ready");
+        let _ = std::io::stdout().flush();
+        detach_stdout();
+    }
+    wait_for_stop(&set, &mounted);
+    let result = mounted.unmount();
+    if let Some(entry) = &entry {
+        entry.remove();
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("unmounting {}: {e}", mountpoint.display())),
+    }
+}
+
+/// Points stdout at /dev/null, so that the parent's pipe closes and nothing blocks on it.
+fn detach_stdout() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: both descriptors are valid; dup2 replaces fd 1 atomically.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+}
+
+fn spawn_daemon(mountpoint: &Path, opts: &MountArgs) -> ExitCode {
+    if let Err(e) = mount::preflight(mountpoint) {
+        return fail(e);
+    }
+    let entry = match Entry::for_mountpoint(mountpoint) {
+        Ok(e) => e,
+        Err(e) => return fail(format!("cannot use the runtime directory: {e}")),
+    };
+    let log = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(entry.log_file())
+    {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot open {}: {e}", entry.log_file().display())),
+    };
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot find the rawfs executable: {e}")),
+    };
+    let mut child = match Command::new(exe)
+        .arg("mount")
+        .arg(mountpoint)
+        .args(opts.to_args())
+        .arg("--notify-ready")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot start the daemon: {e}")),
+    };
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let line = BufReader::new(stdout).lines().next().and_then(Result::ok);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Some(line)) if line == "ready" => ExitCode::SUCCESS,
+        Ok(Some(line)) => fail(line.strip_prefix("error: ").unwrap_or(&line)),
+        Ok(None) => {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            fail(format!(
+                "the daemon exited ({status}) before mounting; see {}",
+                entry.log_file().display()
+            ))
+        }
+        Err(_) => {
+            let _ = child.kill();
+            fail(format!(
+                "the daemon did not mount within 30 s; see {}",
+                entry.log_file().display()
+            ))
+        }
+    }
+}
+
+fn umount(mountpoint: &Path, lazy: bool) -> ExitCode {
+    let entry = Entry::for_mountpoint(mountpoint).ok();
+    let pid = entry.as_ref().and_then(Entry::live_pid);
+    let shown = mountpoint.display();
+    if !mount::is_rawfs_mount(mountpoint) && !mount::is_stale(mountpoint) {
+        if let Some(e) = &entry {
+            e.remove();
+        }
+        return fail(format!("{shown} is not a rawfs mount"));
+    }
+    if let Err(e) = mount::unmount_path(mountpoint, lazy) {
+        return if e.raw_os_error() == Some(libc::EBUSY) {
+            fail(format!(
+                "{shown} is busy (a process has a file open or its working directory there); \
+                 close them, or detach it now with `rawfs umount --lazy {shown}`"
+            ))
+        } else {
+            fail(format!("cannot unmount {shown}: {e}"))
+        };
+    }
+    if let Some(pid) = pid {
+        let start = Instant::now();
+        while registry::process_alive(pid) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if registry::process_alive(pid) {
+            return fail(format!(
+                "unmounted {shown}, but daemon {pid} has not exited"
+            ));
+        }
+    }
+    if let Some(e) = &entry {
+        e.remove();
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(config: &MountConfig, keep: bool, command: &[OsString]) -> ExitCode {
+    let set = block_stop_signals();
+    let tm = match TempMount::with_config(config) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let status = Command::new(&command[0])
+        .args(&command[1..])
+        .current_dir(tm.path())
+        .env("RAWFS_MOUNT", tm.path())
+        .status();
+    let code = match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => c,
+            (None, Some(sig)) => 128 + sig,
+            _ => 1,
+        },
+        Err(e) => {
+            eprintln!("rawfs: cannot run {}: {e}", command[0].to_string_lossy());
+            127
+        }
+    };
+    if keep {
+        eprintln!(
+            "rawfs: mount kept at {}; Ctrl-C or `rawfs umount {}` ends it",
+            tm.path().display(),
+            tm.path().display()
+        );
+        keep_serving(&set, &tm);
+    }
+    if let Err(e) = tm.unmount() {
+        warn!("unmounting: {e}");
+    }
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn keep_serving(set: &libc::sigset_t, tm: &TempMount) {
+    let entry = Entry::for_mountpoint(tm.path()).ok();
+    if let Some(e) = &entry {
+        let _ = e.write_pid(std::process::id());
+    }
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 100_000_000,
+    };
+    while tm.is_alive() {
+        // SAFETY: as in wait_for_stop.
+        if unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) } > 0 {
+            break;
+        }
+    }
+    if let Some(e) = &entry {
+        e.remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_errors_name_the_input() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert!(parse_size("12Q").unwrap_err().contains("\"Q\""));
+        assert!(parse_size("lots").unwrap_err().contains("lots"));
+        assert!(parse_size("0").is_err());
+    }
+}

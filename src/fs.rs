@@ -1,0 +1,1182 @@
+//! The in-memory tree: inodes, directory entries, file contents, open handles, and the POSIX
+//! rules and errnos of each operation. It knows nothing of FUSE: every method takes plain
+//! values and returns plain data or an [`Errno`], so it is tested without a mount.
+//!
+//! Permission checks are not made here. The mount uses the kernel's `default_permissions`,
+//! which checks modes, ownership and supplementary groups (which a FUSE request does not carry)
+//! exactly as it does for tmpfs; what only the file system can decide (names, types, emptiness,
+//! exclusive create, space) is decided here.
+//!
+//! Durability: file contents are copy-on-write pages ([`data::FileData`]) and directories are
+//! plain values ([`dir::Dir`]), so keeping the last fsynced version of a node costs a clone of
+//! page pointers, not of bytes; a crash simulation swaps those versions back in.
+
+pub mod data;
+pub mod dir;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use crate::errno::Errno;
+use data::{FileData, PAGE, Space};
+use dir::Dir;
+
+/// Inode number of the root directory.
+pub const ROOT: u64 = 1;
+/// Longest name in a directory, in bytes.
+pub const NAME_MAX: usize = 255;
+/// Longest symlink target, in bytes (PATH_MAX minus the terminating NUL).
+pub const SYMLINK_MAX: usize = 4095;
+/// Directory size as tmpfs reports it: a fixed amount per entry, "." and ".." included.
+const DIRENT_SIZE: u64 = 20;
+/// Most entries one readdir call returns.
+const READDIR_BATCH: usize = 1024;
+/// Inode count reported by statfs.
+const MAX_INODES: u64 = 1 << 32;
+
+/// What kind of node an inode is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+    /// Character device.
+    CharDevice,
+    /// Block device.
+    BlockDevice,
+}
+
+impl Kind {
+    /// The kind for the `S_IFMT` bits of a mode, if it names one.
+    pub fn from_mode(mode: u32) -> Option<Kind> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => Kind::File,
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDevice,
+            libc::S_IFBLK => Kind::BlockDevice,
+            _ => return None,
+        })
+    }
+}
+
+/// Who is asking: the ids the kernel puts in each request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// Effective (file system) user id.
+    pub uid: u32,
+    /// Effective (file system) group id.
+    pub gid: u32,
+    /// Thread id of the caller, as the kernel reports it.
+    pub pid: u32,
+}
+
+/// An inode's attributes, as stat(2) reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// Node kind.
+    pub kind: Kind,
+    /// Permission bits, including setuid, setgid and sticky (`0o7777`).
+    pub perm: u16,
+    /// Hard link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number for device nodes.
+    pub rdev: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Allocated 512-byte blocks.
+    pub blocks: u64,
+    /// Last access.
+    pub atime: SystemTime,
+    /// Last modification of contents.
+    pub mtime: SystemTime,
+    /// Last change of contents or attributes.
+    pub ctime: SystemTime,
+    /// Creation.
+    pub crtime: SystemTime,
+}
+
+/// A time to set with utimensat: now, or a given time (`UTIME_OMIT` is `None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTime {
+    /// `UTIME_NOW`.
+    Now,
+    /// A given time.
+    At(SystemTime),
+}
+
+/// The fields a setattr request changes; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    /// New mode (permission bits are taken from it).
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+    /// New change time; when absent, any change sets it to now.
+    pub ctime: Option<SystemTime>,
+}
+
+/// How rename treats an existing target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RenameMode {
+    /// Replace the target (plain rename).
+    #[default]
+    Replace,
+    /// `RENAME_NOREPLACE`: fail with EEXIST if the target exists.
+    NoReplace,
+    /// `RENAME_EXCHANGE`: swap source and target atomically.
+    Exchange,
+}
+
+/// What `fallocate` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocate {
+    /// Allocate, extending the size (mode 0).
+    Extend,
+    /// Allocate without changing the size (`FALLOC_FL_KEEP_SIZE`).
+    KeepSize,
+    /// Free the range (`FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`).
+    PunchHole,
+}
+
+/// One readdir entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode number.
+    pub ino: u64,
+    /// Offset to pass to the next readdir to continue after this entry.
+    pub offset: u64,
+    /// Node kind.
+    pub kind: Kind,
+    /// Entry name.
+    pub name: OsString,
+}
+
+/// File system totals, as statfs(2) reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    /// Total blocks of `bsize` bytes.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Free blocks for unprivileged users.
+    pub bavail: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+    /// Longest name.
+    pub namelen: u32,
+}
+
+/// Options fixed when the tree is created.
+#[derive(Clone, Copy, Debug)]
+pub struct FsOptions {
+    /// Most bytes of file data the tree holds before writes fail with ENOSPC.
+    pub size_limit: Option<u64>,
+    /// Owner of the root directory.
+    pub root_uid: u32,
+    /// Group of the root directory.
+    pub root_gid: u32,
+    /// Permission bits of the root directory.
+    pub root_perm: u16,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        // SAFETY: getuid and getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        FsOptions {
+            size_limit: None,
+            root_uid: uid,
+            root_gid: gid,
+            root_perm: 0o1777,
+        }
+    }
+}
+
+/// The in-memory file system.
+#[derive(Debug)]
+pub struct Fs {
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    nodes: HashMap<u64, Node>,
+    next_ino: u64,
+    handles: HashMap<u64, Handle>,
+    next_fh: u64,
+    space: Space,
+}
+
+#[derive(Debug)]
+struct Node {
+    kind: Kind,
+    perm: u16,
+    nlink: u32,
+    uid: u32,
+    gid: u32,
+    rdev: u32,
+    atime: SystemTime,
+    mtime: SystemTime,
+    ctime: SystemTime,
+    crtime: SystemTime,
+    body: Body,
+    xattrs: BTreeMap<OsString, Vec<u8>>,
+    /// References the kernel holds (lookups not yet forgotten).
+    lookups: u64,
+    /// Open handles.
+    opens: u64,
+}
+
+#[derive(Debug)]
+enum Body {
+    File(FileData),
+    Dir(Dir),
+    Symlink(Vec<u8>),
+    Special,
+}
+
+/// What a create-like operation asks for, before the parent directory's rules apply.
+struct NewNode {
+    kind: Kind,
+    perm: u32,
+    rdev: u32,
+    body: Body,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Handle {
+    ino: u64,
+    flags: i32,
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+fn check_name(name: &OsStr) -> Result<(), Errno> {
+    let b = name.as_bytes();
+    if b.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+fn resolve(t: SetTime, now: SystemTime) -> SystemTime {
+    match t {
+        SetTime::Now => now,
+        SetTime::At(t) => t,
+    }
+}
+
+impl Node {
+    fn new(kind: Kind, perm: u16, uid: u32, gid: u32, rdev: u32, body: Body) -> Node {
+        let t = now();
+        Node {
+            kind,
+            perm,
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            uid,
+            gid,
+            rdev,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            body,
+            xattrs: BTreeMap::new(),
+            lookups: 0,
+            opens: 0,
+        }
+    }
+
+    fn attr(&self, ino: u64) -> Attr {
+        let (size, blocks) = match &self.body {
+            Body::File(d) => (d.size(), d.pages() * (PAGE / 512)),
+            Body::Dir(d) => ((d.len() as u64 + 2) * DIRENT_SIZE, 0),
+            Body::Symlink(t) => (t.len() as u64, 0),
+            Body::Special => (0, 0),
+        };
+        Attr {
+            ino,
+            kind: self.kind,
+            perm: self.perm,
+            nlink: self.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: self.rdev,
+            size,
+            blocks,
+            atime: self.atime,
+            mtime: self.mtime,
+            ctime: self.ctime,
+            crtime: self.crtime,
+        }
+    }
+
+    fn dir(&self) -> Result<&Dir, Errno> {
+        match &self.body {
+            Body::Dir(d) => Ok(d),
+            _ => Err(Errno::ENOTDIR),
+        }
+    }
+
+    fn dir_mut(&mut self) -> Result<&mut Dir, Errno> {
+        match &mut self.body {
+            Body::Dir(d) => Ok(d),
+            _ => Err(Errno::ENOTDIR),
+        }
+    }
+
+    fn touch_modified(&mut self, t: SystemTime) {
+        self.mtime = t;
+        self.ctime = t;
+    }
+
+    /// A write by an unprivileged caller drops setuid, and setgid where it means "setgid"
+    /// (group-executable), as Linux does on every file system.
+    fn kill_suid(&mut self, caller: &Caller) {
+        if caller.uid != 0 {
+            self.perm &= !(libc::S_ISUID as u16);
+            if self.perm & 0o010 != 0 {
+                self.perm &= !(libc::S_ISGID as u16);
+            }
+        }
+    }
+}
+
+impl State {
+    fn node(&self, ino: u64) -> Result<&Node, Errno> {
+        self.nodes.get(&ino).ok_or(Errno::ENOENT)
+    }
+
+    fn node_mut(&mut self, ino: u64) -> Result<&mut Node, Errno> {
+        self.nodes.get_mut(&ino).ok_or(Errno::ENOENT)
+    }
+
+    fn handle(&self, fh: u64) -> Result<Handle, Errno> {
+        self.handles.get(&fh).copied().ok_or(Errno::EBADF)
+    }
+
+    /// The directory `parent`, checked to accept new entries.
+    fn live_dir(&self, parent: u64) -> Result<&Dir, Errno> {
+        let d = self.node(parent)?.dir()?;
+        if d.removed {
+            return Err(Errno::ENOENT);
+        }
+        Ok(d)
+    }
+
+    fn child(&self, parent: u64, name: &OsStr) -> Result<u64, Errno> {
+        check_name(name)?;
+        self.node(parent)?.dir()?.get(name).ok_or(Errno::ENOENT)
+    }
+
+    /// Frees a node nothing refers to any more: no name, no open handle, no kernel reference.
+    fn maybe_free(&mut self, ino: u64) {
+        let Some(n) = self.nodes.get(&ino) else {
+            return;
+        };
+        if ino == ROOT || n.nlink > 0 || n.opens > 0 || n.lookups > 0 {
+            return;
+        }
+        if let Some(mut n) = self.nodes.remove(&ino) {
+            if let Body::File(d) = &mut n.body {
+                d.clear(&mut self.space);
+            }
+        }
+    }
+
+    /// Adds a new node under `parent` and returns its attributes (one kernel reference taken).
+    fn add_node(
+        &mut self,
+        caller: &Caller,
+        parent: u64,
+        name: &OsStr,
+        new: NewNode,
+    ) -> Result<Attr, Errno> {
+        let NewNode {
+            kind,
+            perm,
+            rdev,
+            body,
+        } = new;
+        check_name(name)?;
+        let dir = self.live_dir(parent)?;
+        if dir.get(name).is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let p = self.node(parent)?;
+        let setgid_dir = p.perm & libc::S_ISGID as u16 != 0;
+        let gid = if setgid_dir { p.gid } else { caller.gid };
+        let mut perm = (perm & 0o7777) as u16;
+        if kind == Kind::Dir && setgid_dir {
+            perm |= libc::S_ISGID as u16;
+        }
+        let mut node = Node::new(kind, perm, caller.uid, gid, rdev, body);
+        node.lookups = 1;
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        let attr = node.attr(ino);
+        self.nodes.insert(ino, node);
+        let t = attr.ctime;
+        let p = self.node_mut(parent)?;
+        p.dir_mut()?.insert(name, ino);
+        p.touch_modified(t);
+        if kind == Kind::Dir {
+            p.nlink += 1;
+        }
+        Ok(attr)
+    }
+
+    fn open_handle(&mut self, ino: u64, flags: i32) -> Result<u64, Errno> {
+        self.node_mut(ino)?.opens += 1;
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.handles.insert(fh, Handle { ino, flags });
+        Ok(fh)
+    }
+
+    /// O_TRUNC at open time (with atomic_o_trunc the kernel leaves it to us).
+    fn truncate_on_open(&mut self, ino: u64, flags: i32) -> Result<(), Errno> {
+        if flags & libc::O_TRUNC == 0 || flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return Ok(());
+        }
+        let State { nodes, space, .. } = self;
+        let n = nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        if let Body::File(d) = &mut n.body {
+            d.truncate(0, space);
+            n.touch_modified(now());
+        }
+        Ok(())
+    }
+
+    fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> bool {
+        loop {
+            if ino == ancestor {
+                return true;
+            }
+            match self.nodes.get(&ino).map(|n| &n.body) {
+                Some(Body::Dir(d)) if d.parent != ino => ino = d.parent,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Drops one name of `ino` (it was unlinked or replaced); a directory dies entirely.
+    fn drop_link(&mut self, ino: u64, t: SystemTime) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            if let Body::Dir(d) = &mut n.body {
+                d.removed = true;
+                n.nlink = 0;
+            } else {
+                n.nlink = n.nlink.saturating_sub(1);
+            }
+            n.ctime = t;
+        }
+        self.maybe_free(ino);
+    }
+
+    fn rename(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        mode: RenameMode,
+    ) -> Result<(), Errno> {
+        check_name(name)?;
+        check_name(newname)?;
+        let src = self.child(parent, name)?;
+        self.live_dir(newparent)?;
+        let dst = self.node(newparent)?.dir()?.get(newname);
+        let src_is_dir = self.node(src)?.kind == Kind::Dir;
+        let t = now();
+        if mode == RenameMode::Exchange {
+            let dst = dst.ok_or(Errno::ENOENT)?;
+            let dst_is_dir = self.node(dst)?.kind == Kind::Dir;
+            if (src_is_dir && self.is_ancestor(src, newparent))
+                || (dst_is_dir && self.is_ancestor(dst, parent))
+            {
+                return Err(Errno::EINVAL);
+            }
+            self.node_mut(parent)?.dir_mut()?.insert(name, dst);
+            self.node_mut(newparent)?.dir_mut()?.insert(newname, src);
+            if parent != newparent {
+                self.reparent(src, src_is_dir, parent, newparent)?;
+                self.reparent(dst, dst_is_dir, newparent, parent)?;
+            }
+            for ino in [src, dst] {
+                self.node_mut(ino)?.ctime = t;
+            }
+            for ino in [parent, newparent] {
+                self.node_mut(ino)?.touch_modified(t);
+            }
+            return Ok(());
+        }
+        if src_is_dir && self.is_ancestor(src, newparent) {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(dst) = dst {
+            if mode == RenameMode::NoReplace {
+                return Err(Errno::EEXIST);
+            }
+            if dst == src {
+                // Two names of one inode: POSIX says do nothing.
+                return Ok(());
+            }
+            let target = self.node(dst)?;
+            match (src_is_dir, target.kind == Kind::Dir) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) if !target.dir()?.is_empty() => return Err(Errno::ENOTEMPTY),
+                _ => {}
+            }
+        }
+        self.node_mut(parent)?.dir_mut()?.remove(name);
+        self.node_mut(newparent)?.dir_mut()?.insert(newname, src);
+        if let Some(dst) = dst {
+            if src_is_dir {
+                self.node_mut(newparent)?.nlink -= 1;
+            }
+            self.drop_link(dst, t);
+        }
+        if parent != newparent {
+            self.reparent(src, src_is_dir, parent, newparent)?;
+        }
+        self.node_mut(src)?.ctime = t;
+        for ino in [parent, newparent] {
+            self.node_mut(ino)?.touch_modified(t);
+        }
+        Ok(())
+    }
+
+    /// Moves a directory's ".." (and the link counts it implies) from `from` to `to`.
+    fn reparent(&mut self, ino: u64, is_dir: bool, from: u64, to: u64) -> Result<(), Errno> {
+        if !is_dir {
+            return Ok(());
+        }
+        self.node_mut(ino)?.dir_mut()?.parent = to;
+        self.node_mut(from)?.nlink -= 1;
+        self.node_mut(to)?.nlink += 1;
+        Ok(())
+    }
+}
+
+impl Fs {
+    /// An empty tree: just the root directory.
+    pub fn new(opts: FsOptions) -> Fs {
+        let limit = opts.size_limit.map_or(u64::MAX, |b| b / PAGE);
+        let mut root = Node::new(
+            Kind::Dir,
+            opts.root_perm,
+            opts.root_uid,
+            opts.root_gid,
+            0,
+            Body::Dir(Dir::new(ROOT)),
+        );
+        root.lookups = 1;
+        let mut nodes = HashMap::new();
+        nodes.insert(ROOT, root);
+        Fs {
+            state: Mutex::new(State {
+                nodes,
+                next_ino: ROOT + 1,
+                handles: HashMap::new(),
+                next_fh: 1,
+                space: Space::with_limit(limit),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the tree half-updated in a way that
+        // matters more than refusing all further requests would.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Looks `name` up in `parent`; the kernel then holds one more reference to the result.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
+        let mut s = self.lock();
+        let ino = match name.as_bytes() {
+            b"." => parent,
+            b".." => s.node(parent)?.dir()?.parent,
+            _ => s.child(parent, name)?,
+        };
+        let n = s.node_mut(ino)?;
+        n.lookups += 1;
+        Ok(n.attr(ino))
+    }
+
+    /// The kernel dropped `count` references to `ino`.
+    pub fn forget(&self, ino: u64, count: u64) {
+        let mut s = self.lock();
+        if let Some(n) = s.nodes.get_mut(&ino) {
+            n.lookups = n.lookups.saturating_sub(count);
+        }
+        s.maybe_free(ino);
+    }
+
+    /// stat(2).
+    pub fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
+        Ok(self.lock().node(ino)?.attr(ino))
+    }
+
+    /// chmod, chown, truncate, utimensat: applies every field given, in one step.
+    pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr, Errno> {
+        let mut guard = self.lock();
+        let State { nodes, space, .. } = &mut *guard;
+        let n = nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        let t = now();
+        if let Some(size) = set.size {
+            match &mut n.body {
+                Body::File(d) => d.truncate(size, space),
+                Body::Dir(_) => return Err(Errno::EISDIR),
+                _ => return Err(Errno::EINVAL),
+            }
+            n.mtime = t;
+        }
+        if let Some(mode) = set.mode {
+            n.perm = (mode & 0o7777) as u16;
+        }
+        if let Some(uid) = set.uid {
+            n.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            n.gid = gid;
+        }
+        if let Some(a) = set.atime {
+            n.atime = resolve(a, t);
+        }
+        if let Some(m) = set.mtime {
+            n.mtime = resolve(m, t);
+        }
+        n.ctime = set.ctime.unwrap_or(t);
+        Ok(n.attr(ino))
+    }
+
+    /// readlink(2).
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        match &self.lock().node(ino)?.body {
+            Body::Symlink(t) => Ok(t.clone()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// mknod(2): a regular file, fifo, socket or device node, by the type bits of `mode`.
+    pub fn mknod(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<Attr, Errno> {
+        let kind = Kind::from_mode(mode).ok_or(Errno::EINVAL)?;
+        let (body, rdev) = match kind {
+            Kind::File => (Body::File(FileData::default()), 0),
+            Kind::Fifo | Kind::Socket => (Body::Special, 0),
+            Kind::CharDevice | Kind::BlockDevice => (Body::Special, rdev),
+            Kind::Dir | Kind::Symlink => return Err(Errno::EPERM),
+        };
+        let new = NewNode {
+            kind,
+            perm: mode,
+            rdev,
+            body,
+        };
+        self.lock().add_node(caller, parent, name, new)
+    }
+
+    /// mkdir(2).
+    pub fn mkdir(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> Result<Attr, Errno> {
+        let body = Body::Dir(Dir::new(parent));
+        let new = NewNode {
+            kind: Kind::Dir,
+            perm: mode,
+            rdev: 0,
+            body,
+        };
+        self.lock().add_node(caller, parent, name, new)
+    }
+
+    /// symlink(2).
+    pub fn symlink(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> Result<Attr, Errno> {
+        let target = target.as_bytes();
+        if target.len() > SYMLINK_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        if target.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        let body = Body::Symlink(target.to_vec());
+        let new = NewNode {
+            kind: Kind::Symlink,
+            perm: 0o777,
+            rdev: 0,
+            body,
+        };
+        self.lock().add_node(caller, parent, name, new)
+    }
+
+    /// unlink(2).
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        let mut s = self.lock();
+        let ino = s.child(parent, name)?;
+        if s.node(ino)?.kind == Kind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        let t = now();
+        let p = s.node_mut(parent)?;
+        p.dir_mut()?.remove(name);
+        p.touch_modified(t);
+        s.drop_link(ino, t);
+        Ok(())
+    }
+
+    /// rmdir(2).
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        let mut s = self.lock();
+        let ino = s.child(parent, name)?;
+        let n = s.node(ino)?;
+        if !n.dir()?.is_empty() {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let t = now();
+        let p = s.node_mut(parent)?;
+        p.dir_mut()?.remove(name);
+        p.touch_modified(t);
+        p.nlink -= 1;
+        s.drop_link(ino, t);
+        Ok(())
+    }
+
+    /// rename(2) and renameat2(2).
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        mode: RenameMode,
+    ) -> Result<(), Errno> {
+        self.lock().rename(parent, name, newparent, newname, mode)
+    }
+
+    /// link(2): a new name for `ino`.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr, Errno> {
+        let mut s = self.lock();
+        check_name(newname)?;
+        let n = s.node(ino)?;
+        if n.kind == Kind::Dir {
+            return Err(Errno::EPERM);
+        }
+        if n.nlink == 0 {
+            return Err(Errno::ENOENT);
+        }
+        if s.live_dir(newparent)?.get(newname).is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let t = now();
+        let p = s.node_mut(newparent)?;
+        p.dir_mut()?.insert(newname, ino);
+        p.touch_modified(t);
+        let n = s.node_mut(ino)?;
+        n.nlink += 1;
+        n.ctime = t;
+        n.lookups += 1;
+        Ok(n.attr(ino))
+    }
+
+    /// open(2) of an existing node; O_TRUNC truncates here. Returns a file handle.
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let mut s = self.lock();
+        let n = s.node(ino)?;
+        if n.kind == Kind::Dir && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(Errno::EISDIR);
+        }
+        s.truncate_on_open(ino, flags)?;
+        s.open_handle(ino, flags)
+    }
+
+    /// open(2) with O_CREAT: creates `name` or, without O_EXCL, opens the node already there.
+    /// Returns the attributes and a file handle; the kernel holds one more reference.
+    pub fn create(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Attr, u64), Errno> {
+        let mut s = self.lock();
+        check_name(name)?;
+        if let Some(ino) = s.live_dir(parent)?.get(name) {
+            if flags & libc::O_EXCL != 0 {
+                return Err(Errno::EEXIST);
+            }
+            if s.node(ino)?.kind == Kind::Dir {
+                return Err(Errno::EISDIR);
+            }
+            s.truncate_on_open(ino, flags)?;
+            let fh = s.open_handle(ino, flags)?;
+            let n = s.node_mut(ino)?;
+            n.lookups += 1;
+            return Ok((n.attr(ino), fh));
+        }
+        let body = Body::File(FileData::default());
+        let attr = s.add_node(
+            caller,
+            parent,
+            name,
+            NewNode {
+                kind: Kind::File,
+                perm: mode,
+                rdev: 0,
+                body,
+            },
+        )?;
+        let fh = s.open_handle(attr.ino, flags)?;
+        Ok((attr, fh))
+    }
+
+    /// read(2) through handle `fh`: at most `size` bytes, fewer only at end of file.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let mut s = self.lock();
+        let h = s.handle(fh)?;
+        if h.flags & libc::O_ACCMODE == libc::O_WRONLY {
+            return Err(Errno::EBADF);
+        }
+        let n = s.node_mut(h.ino)?;
+        let Body::File(d) = &n.body else {
+            return Err(if n.kind == Kind::Dir {
+                Errno::EISDIR
+            } else {
+                Errno::EINVAL
+            });
+        };
+        let out = d.read(offset, size as usize);
+        if h.flags & libc::O_NOATIME == 0 {
+            // relatime, the Linux default: only when atime is not already newer than both.
+            if n.atime <= n.mtime || n.atime <= n.ctime {
+                n.atime = now();
+            }
+        }
+        Ok(out)
+    }
+
+    /// write(2) through handle `fh`; O_APPEND handles write at end of file whatever the
+    /// offset. Returns the bytes written: fewer than asked only when space ran out part way.
+    pub fn write(&self, caller: &Caller, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let mut guard = self.lock();
+        let h = guard.handle(fh)?;
+        if h.flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return Err(Errno::EBADF);
+        }
+        let State { nodes, space, .. } = &mut *guard;
+        let n = nodes.get_mut(&h.ino).ok_or(Errno::ENOENT)?;
+        let Body::File(d) = &mut n.body else {
+            return Err(Errno::EINVAL);
+        };
+        let offset = if h.flags & libc::O_APPEND != 0 {
+            d.size()
+        } else {
+            offset
+        };
+        let written = d.write(offset, data, space);
+        if written == 0 && !data.is_empty() {
+            return Err(Errno::ENOSPC);
+        }
+        n.touch_modified(now());
+        n.kill_suid(caller);
+        Ok(written as u32)
+    }
+
+    /// The open flags a handle was opened with.
+    pub fn handle_flags(&self, fh: u64) -> Result<i32, Errno> {
+        Ok(self.lock().handle(fh)?.flags)
+    }
+
+    /// close(2) of the last descriptor sharing handle `fh`.
+    pub fn release(&self, fh: u64) -> Result<(), Errno> {
+        let mut s = self.lock();
+        let h = s.handles.remove(&fh).ok_or(Errno::EBADF)?;
+        if let Some(n) = s.nodes.get_mut(&h.ino) {
+            n.opens = n.opens.saturating_sub(1);
+        }
+        s.maybe_free(h.ino);
+        Ok(())
+    }
+
+    /// fsync(2) or fdatasync(2) of handle `fh`. Contents live in memory, so this only checks
+    /// the handle; it is the point a crash simulation keeps as "durable".
+    pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
+        self.lock().handle(fh).map(|_| ())
+    }
+
+    /// opendir(3): a handle for readdir.
+    pub fn opendir(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let mut s = self.lock();
+        s.node(ino)?.dir()?;
+        s.open_handle(ino, flags)
+    }
+
+    /// readdir(3): entries after `offset` ("." and ".." first), in a stable order.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>, Errno> {
+        let s = self.lock();
+        let h = s.handle(fh)?;
+        let dir = s.node(h.ino)?.dir()?;
+        let mut out = Vec::new();
+        for (cookie, name, ino) in [(1, ".", h.ino), (2, "..", dir.parent)] {
+            if offset < cookie {
+                out.push(DirEntry {
+                    ino,
+                    offset: cookie,
+                    kind: Kind::Dir,
+                    name: name.into(),
+                });
+            }
+        }
+        for (cookie, name, ino) in dir.entries_after(offset, READDIR_BATCH) {
+            let kind = s.node(ino).map(|n| n.kind).unwrap_or(Kind::File);
+            out.push(DirEntry {
+                ino,
+                offset: cookie,
+                kind,
+                name,
+            });
+        }
+        Ok(out)
+    }
+
+    /// closedir(3).
+    pub fn releasedir(&self, fh: u64) -> Result<(), Errno> {
+        self.release(fh)
+    }
+
+    /// statfs(2).
+    pub fn statfs(&self) -> StatFs {
+        let s = self.lock();
+        let blocks = if s.space.limit == u64::MAX {
+            u64::MAX / PAGE
+        } else {
+            s.space.limit
+        };
+        let free = blocks.saturating_sub(s.space.used);
+        StatFs {
+            blocks,
+            bfree: free,
+            bavail: free,
+            files: MAX_INODES,
+            ffree: MAX_INODES.saturating_sub(s.nodes.len() as u64),
+            bsize: PAGE as u32,
+            namelen: NAME_MAX as u32,
+        }
+    }
+
+    /// setxattr(2); `flags` takes XATTR_CREATE and XATTR_REPLACE.
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+        check_xattr_name(name)?;
+        let mut s = self.lock();
+        let n = s.node_mut(ino)?;
+        let exists = n.xattrs.contains_key(name);
+        if flags & libc::XATTR_CREATE != 0 && exists {
+            return Err(Errno::EEXIST);
+        }
+        if flags & libc::XATTR_REPLACE != 0 && !exists {
+            return Err(Errno::ENODATA);
+        }
+        n.xattrs.insert(name.to_owned(), value.to_vec());
+        n.ctime = now();
+        Ok(())
+    }
+
+    /// getxattr(2): the whole value.
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        check_xattr_name(name)?;
+        self.lock()
+            .node(ino)?
+            .xattrs
+            .get(name)
+            .cloned()
+            .ok_or(Errno::ENODATA)
+    }
+
+    /// listxattr(2): every name, each followed by a NUL byte.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let s = self.lock();
+        let mut out = Vec::new();
+        for name in s.node(ino)?.xattrs.keys() {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// removexattr(2).
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<(), Errno> {
+        check_xattr_name(name)?;
+        let mut s = self.lock();
+        let n = s.node_mut(ino)?;
+        n.xattrs.remove(name).ok_or(Errno::ENODATA)?;
+        n.ctime = now();
+        Ok(())
+    }
+
+    /// access(2) by mode bits for `caller` (root passes read and write, and execute when any
+    /// execute bit is set or the node is a directory).
+    pub fn access(&self, caller: &Caller, ino: u64, mask: i32) -> Result<(), Errno> {
+        let s = self.lock();
+        let n = s.node(ino)?;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        let perm = u32::from(n.perm);
+        let granted = if caller.uid == 0 {
+            let x = perm & 0o111 != 0 || n.kind == Kind::Dir;
+            (libc::R_OK | libc::W_OK) | if x { libc::X_OK } else { 0 }
+        } else if caller.uid == n.uid {
+            ((perm >> 6) & 7) as i32
+        } else if caller.gid == n.gid {
+            ((perm >> 3) & 7) as i32
+        } else {
+            (perm & 7) as i32
+        };
+        if mask & !granted != 0 {
+            Err(Errno::EACCES)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// fallocate(2) through handle `fh`.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, op: Allocate) -> Result<(), Errno> {
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let mut guard = self.lock();
+        let h = guard.handle(fh)?;
+        let State { nodes, space, .. } = &mut *guard;
+        let n = nodes.get_mut(&h.ino).ok_or(Errno::ENOENT)?;
+        let Body::File(d) = &mut n.body else {
+            return Err(Errno::ENODEV);
+        };
+        match op {
+            Allocate::Extend | Allocate::KeepSize => {
+                if offset.checked_add(len).is_none_or(|e| e > i64::MAX as u64) {
+                    return Err(Errno::EFBIG);
+                }
+                if !d.allocate(offset, len, op == Allocate::KeepSize, space) {
+                    return Err(Errno::ENOSPC);
+                }
+            }
+            Allocate::PunchHole => d.punch_hole(offset, len, space),
+        }
+        n.touch_modified(now());
+        Ok(())
+    }
+
+    /// lseek(2) with SEEK_DATA or SEEK_HOLE (the kernel answers the other modes itself).
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64, Errno> {
+        let s = self.lock();
+        let h = s.handle(fh)?;
+        let Body::File(d) = &s.node(h.ino)?.body else {
+            return Err(Errno::EINVAL);
+        };
+        let offset = u64::try_from(offset).map_err(|_| Errno::ENXIO)?;
+        let found = match whence {
+            libc::SEEK_DATA => d.seek_data(offset),
+            libc::SEEK_HOLE => d.seek_hole(offset),
+            _ => return Err(Errno::EINVAL),
+        };
+        found.map(|o| o as i64).ok_or(Errno::ENXIO)
+    }
+
+    /// copy_file_range(2) between two handles.
+    pub fn copy_file_range(
+        &self,
+        caller: &Caller,
+        fh_in: u64,
+        offset_in: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> Result<u32, Errno> {
+        let len = len.min(u64::from(u32::MAX) & !(PAGE - 1)) as u32;
+        let data = self.read(fh_in, offset_in, len)?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        self.write(caller, fh_out, offset_out, &data)
+    }
+
+    /// Number of live inodes (for tests and status).
+    pub fn inode_count(&self) -> usize {
+        self.lock().nodes.len()
+    }
+
+    /// Bytes of file data allocated, in whole pages.
+    pub fn bytes_used(&self) -> u64 {
+        self.lock().space.used * PAGE
+    }
+}
+
+fn check_xattr_name(name: &OsStr) -> Result<(), Errno> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.len() > NAME_MAX {
+        return Err(Errno::ERANGE);
+    }
+    const NAMESPACES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
+    if !NAMESPACES
+        .iter()
+        .any(|ns| b.starts_with(ns) && b.len() > ns.len())
+    {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    Ok(())
+}

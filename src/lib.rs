@@ -1,0 +1,20 @@
+//! rawfs: a FUSE file system that serves an in-memory tree, for seeing and testing exactly
+//! what a program asks of a file system.
+//!
+//! The crate is layered so that each part can be tested alone: [`fs`] is the tree and its
+//! POSIX rules, [`fuse`] turns kernel requests into calls on it, [`mount`] mounts and
+//! unmounts safely, [`harness`] gives test suites a mount that cleans up after itself, and
+//! [`cli`] is the command line.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod cli;
+pub mod errno;
+pub mod fs;
+pub mod fuse;
+pub mod harness;
+pub mod mount;
+pub mod registry;
+
+pub use errno::Errno;
+pub use harness::TempMount;
+pub use mount::{MountConfig, Mounted};

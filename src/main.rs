@@ -1,0 +1,5 @@
+//! The `rawfs` command.
+
+fn main() -> std::process::ExitCode {
+    rawfs::cli::main()
+}

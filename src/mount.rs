@@ -1,0 +1,383 @@
+//! Mounting and unmounting: checks that turn a failed mount into a clear reason, the running
+//! session, and an unmount that never hangs (lazy detach and connection abort as fallbacks).
+
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use log::{info, warn};
+
+use crate::fs::{Fs, FsOptions};
+use crate::fuse::{CacheMode, RawFs};
+
+/// What a mount looks like; the same from the CLI and from the library.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// Kernel caching (default: none, every request reaches rawfs).
+    pub cache: CacheMode,
+    /// Most bytes of file data before writes fail with ENOSPC (default: no limit).
+    pub size: Option<u64>,
+    /// Threads serving requests.
+    pub threads: usize,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        MountConfig {
+            cache: CacheMode::Direct,
+            size: None,
+            threads: 4,
+        }
+    }
+}
+
+/// Why a mount failed, phrased for the person who asked for it.
+#[derive(Debug)]
+pub struct MountError(String);
+
+impl fmt::Display for MountError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MountError {}
+
+impl MountError {
+    /// An error with this message.
+    pub fn new(msg: impl Into<String>) -> MountError {
+        MountError(msg.into())
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn fusermount_available() -> bool {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
+}
+
+/// True if `path` is a mount whose daemon is gone (the kernel answers ENOTCONN).
+pub fn is_stale(path: &Path) -> bool {
+    std::fs::metadata(path).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
+}
+
+/// Checks the mount point and the machine before mounting, so that each common failure gets
+/// its own message instead of a bare errno.
+pub fn preflight(mountpoint: &Path) -> Result<(), MountError> {
+    let shown = mountpoint.display();
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(MountError(format!(
+                "{shown} is a stale mount left by a rawfs daemon that died; \
+                 clear it with `rawfs umount {shown}` (or `umount -l {shown}`)"
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(MountError(format!("mount point {shown} does not exist")));
+        }
+        Err(e) => return Err(MountError(format!("cannot use mount point {shown}: {e}"))),
+        Ok(m) if !m.is_dir() => {
+            return Err(MountError(format!(
+                "mount point {shown} is not a directory"
+            )));
+        }
+        Ok(_) => {}
+    }
+    let mut entries = std::fs::read_dir(mountpoint)
+        .map_err(|e| MountError(format!("cannot read mount point {shown}: {e}")))?;
+    if entries.next().is_some() {
+        return Err(MountError(format!(
+            "mount point {shown} is not empty; rawfs mounts only on an empty directory"
+        )));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(MountError(
+            "/dev/fuse does not exist: load the fuse module (`modprobe fuse`), or give the \
+             container the device (`docker run --device /dev/fuse --cap-add SYS_ADMIN`)"
+                .into(),
+        ));
+    }
+    if !is_root() && !fusermount_available() {
+        return Err(MountError(
+            "not running as root and fusermount3 is not installed: install it \
+             (Debian/Ubuntu: `apt-get install fuse3`) or run as root"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A mounted rawfs, served by background threads until unmounted or dropped.
+#[derive(Debug)]
+pub struct Mounted {
+    mountpoint: PathBuf,
+    fs: Arc<Fs>,
+    unmounter: Option<SessionUnmounter>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+    /// The kernel's id for this connection (the minor device number of the mount).
+    connection: Option<u32>,
+}
+
+impl Mounted {
+    /// Mounts a fresh, empty tree on `mountpoint` and returns once the mount answers.
+    pub fn mount(mountpoint: &Path, config: &MountConfig) -> Result<Mounted, MountError> {
+        preflight(mountpoint)?;
+        let fs = Arc::new(Fs::new(FsOptions {
+            size_limit: config.size,
+            ..FsOptions::default()
+        }));
+        let mut options = vec![
+            MountOption::FSName("rawfs".into()),
+            MountOption::Subtype("rawfs".into()),
+            // Permission checks by the kernel, with supplementary groups, as on tmpfs.
+            MountOption::DefaultPermissions,
+        ];
+        // Device nodes and setuid bits behave as on tmpfs.
+        options.push(MountOption::Dev);
+        options.push(MountOption::Suid);
+        let mut fuse_config = Config::default();
+        fuse_config.mount_options = options;
+        // As root, other users may use the mount (tests that switch uids need it); an
+        // unprivileged user would need user_allow_other in /etc/fuse.conf.
+        fuse_config.acl = if is_root() {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        fuse_config.n_threads = Some(config.threads.max(1));
+        let adapter = RawFs::new(fs.clone(), config.cache);
+        let mut session = Session::new(adapter, mountpoint, &fuse_config).map_err(|e| {
+            let shown = mountpoint.display();
+            match e.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::EACCES) => MountError(format!(
+                    "not permitted to mount on {shown}: {e}. Run as root, or install \
+                     fusermount3 (Debian/Ubuntu package fuse3) so that users may mount"
+                )),
+                _ => MountError(format!("cannot mount on {shown}: {e}")),
+            }
+        })?;
+        let unmounter = session.unmount_callable();
+        let thread = std::thread::Builder::new()
+            .name("rawfs-session".into())
+            .spawn(move || session.run())
+            .map_err(|e| MountError(format!("cannot start the session thread: {e}")))?;
+        let connection = std::fs::metadata(mountpoint)
+            .ok()
+            .map(|m| libc::minor(m.dev()));
+        info!(
+            "mounted rawfs on {} ({:?}, {} threads)",
+            mountpoint.display(),
+            config.cache,
+            config.threads
+        );
+        Ok(Mounted {
+            mountpoint: mountpoint.to_path_buf(),
+            fs,
+            unmounter: Some(unmounter),
+            thread: Some(thread),
+            connection,
+        })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The tree being served.
+    pub fn fs(&self) -> &Arc<Fs> {
+        &self.fs
+    }
+
+    /// False once the session has ended (for instance after an external `umount`).
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Unmounts and waits for the session to end. A busy mount is detached lazily and its
+    /// connection aborted, so this returns within a few seconds whatever holds the mount.
+    pub fn unmount(mut self) -> io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> io::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let mut first_error = None;
+        if let Some(mut u) = self.unmounter.take() {
+            if let Err(e) = u.unmount() {
+                if !thread.is_finished() {
+                    warn!(
+                        "unmount of {} failed ({e}); detaching lazily",
+                        self.mountpoint.display()
+                    );
+                    if let Err(e) = lazy_unmount(&self.mountpoint) {
+                        first_error = Some(e);
+                    }
+                }
+            }
+        }
+        if !wait_for(&thread, Duration::from_secs(3)) {
+            warn!(
+                "session for {} still running; aborting its connection",
+                self.mountpoint.display()
+            );
+            if let Some(id) = self.connection {
+                abort_connection(id);
+            }
+            if !wait_for(&thread, Duration::from_secs(3)) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "session did not end",
+                ));
+            }
+        }
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("session for {} ended with {e}", self.mountpoint.display()),
+            Err(_) => warn!("session thread for {} panicked", self.mountpoint.display()),
+        }
+        info!("unmounted rawfs from {}", self.mountpoint.display());
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            warn!("unmounting {}: {e}", self.mountpoint.display());
+        }
+    }
+}
+
+fn wait_for(thread: &JoinHandle<io::Result<()>>, limit: Duration) -> bool {
+    let start = Instant::now();
+    while !thread.is_finished() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Tells the kernel to fail every request of connection `id` (fusectl), which ends a session
+/// that a lazy unmount left waiting for its last user.
+fn abort_connection(id: u32) {
+    let path = format!("/sys/fs/fuse/connections/{id}/abort");
+    if let Err(e) = std::fs::write(&path, "1") {
+        warn!("cannot abort FUSE connection {id} through {path}: {e}");
+    }
+}
+
+fn umount2(path: &Path, flags: i32) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn fusermount(path: &Path, lazy: bool) -> io::Result<()> {
+    let bin =
+        if Path::new("/bin/fusermount3").exists() || Path::new("/usr/bin/fusermount3").exists() {
+            "fusermount3"
+        } else {
+            "fusermount"
+        };
+    let mut cmd = Command::new(bin);
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd.arg(path).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{bin} -u failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Detaches the mount now; the kernel finishes it when the last user lets go.
+pub fn lazy_unmount(path: &Path) -> io::Result<()> {
+    if is_root() {
+        umount2(path, libc::MNT_DETACH)
+    } else {
+        fusermount(path, true)
+    }
+}
+
+/// Unmounts `path` from outside the daemon (as `rawfs umount` does): a plain unmount first,
+/// then, if the mount is stale or `lazy` is set and it is busy, a lazy one.
+pub fn unmount_path(path: &Path, lazy: bool) -> io::Result<()> {
+    let stale = is_stale(path);
+    let plain = if is_root() {
+        umount2(path, 0)
+    } else {
+        fusermount(path, false)
+    };
+    match plain {
+        Ok(()) => Ok(()),
+        Err(e) if stale || (lazy && e.raw_os_error() == Some(libc::EBUSY)) => lazy_unmount(path),
+        Err(e) if !is_root() && (stale || lazy) => lazy_unmount(path).map_err(|_| e),
+        Err(e) => Err(e),
+    }
+}
+
+/// True if `path` is the root of a rawfs mount (source "rawfs"), per /proc/self/mountinfo.
+pub fn is_rawfs_mount(path: &Path) -> bool {
+    let Ok(abs) = crate::registry::absolute(path) else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            return false;
+        };
+        fields
+            .get(4)
+            .is_some_and(|mp| unescape_mountinfo(mp) == abs.as_os_str().as_bytes())
+            && fields.get(sep + 1).is_some_and(|t| t.starts_with("fuse"))
+            && fields.get(sep + 2).is_some_and(|src| *src == "rawfs")
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}

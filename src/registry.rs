@@ -1,0 +1,105 @@
+//! Where a running mount's daemon leaves its pid and log, so that the CLI finds the daemon
+//! from the mount point alone.
+//!
+//! The directory is `$RAWFS_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/rawfs`, else `/run/rawfs`
+//! for root and `/tmp/rawfs-UID` for other users. Each mount has files named after its
+//! absolute mount point with `/` written as `%2F` (and `%` as `%25`).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The runtime directory, created owner-only if missing.
+pub fn runtime_dir() -> io::Result<PathBuf> {
+    let dir = if let Some(d) = std::env::var_os("RAWFS_RUNTIME_DIR") {
+        PathBuf::from(d)
+    } else if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+        PathBuf::from(d).join("rawfs")
+    } else {
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        if uid == 0 {
+            PathBuf::from("/run/rawfs")
+        } else {
+            PathBuf::from(format!("/tmp/rawfs-{uid}"))
+        }
+    };
+    if !dir.is_dir() {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+    }
+    Ok(dir)
+}
+
+/// The files one mount's daemon keeps in the runtime directory.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    base: PathBuf,
+}
+
+impl Entry {
+    /// The entry for `mountpoint` (made absolute; the path need not exist any more).
+    pub fn for_mountpoint(mountpoint: &Path) -> io::Result<Entry> {
+        let abs = absolute(mountpoint)?;
+        let escaped = abs
+            .to_string_lossy()
+            .replace('%', "%25")
+            .replace('/', "%2F");
+        Ok(Entry {
+            base: runtime_dir()?.join(escaped),
+        })
+    }
+
+    /// File holding the daemon's pid.
+    pub fn pid_file(&self) -> PathBuf {
+        self.base.with_extension("pid")
+    }
+
+    /// Log file of a daemon started with `--daemon`.
+    pub fn log_file(&self) -> PathBuf {
+        self.base.with_extension("log")
+    }
+
+    /// Records the daemon's pid.
+    pub fn write_pid(&self, pid: u32) -> io::Result<()> {
+        fs::write(self.pid_file(), format!("{pid}\n"))
+    }
+
+    /// The recorded pid, if any and if that process is still alive.
+    pub fn live_pid(&self) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        process_alive(pid).then_some(pid)
+    }
+
+    /// Forgets the daemon (its log stays, for post-mortems).
+    pub fn remove(&self) {
+        let _ = fs::remove_file(self.pid_file());
+    }
+}
+
+/// True if a process with this pid exists.
+pub fn process_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// `path` made absolute without touching it (a stale mount point cannot be canonicalized).
+pub fn absolute(path: &Path) -> io::Result<PathBuf> {
+    let p = std::path::absolute(path)?;
+    // Resolve symlinks in the parent, which is an ordinary directory.
+    match (p.parent(), p.file_name()) {
+        (Some(parent), Some(name)) => match parent.canonicalize() {
+            Ok(parent) => Ok(parent.join(name)),
+            Err(_) => Ok(p),
+        },
+        _ => Ok(p),
+    }
+}
