@@ -1,0 +1,123 @@
+//! Helpers shared by the integration tests: mounting with a skip rule, running programs,
+//! and reading errnos.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use rawfs::{MountConfig, TempMount};
+
+/// Why mounted tests cannot run here, or `None` if they can.
+fn fuse_unavailable() -> Option<String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse does not exist".into());
+    }
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let fusermount = ["/usr/bin/fusermount3", "/bin/fusermount3"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    if !root && !fusermount {
+        return Some("not root and fusermount3 is not installed".into());
+    }
+    None
+}
+
+/// True when skipping a mounted test must fail instead (CI=true).
+pub fn must_run() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Mounts rawfs with `config` on a fresh temp dir, or returns `None` after printing why the
+/// test is skipped. Under CI=true, not being able to mount fails the test.
+pub fn mount_with(config: &MountConfig) -> Option<TempMount> {
+    if let Some(why) = fuse_unavailable() {
+        assert!(!must_run(), "CI=true but FUSE is unavailable: {why}");
+        eprintln!("SKIPPED: FUSE is unavailable: {why}");
+        return None;
+    }
+    match TempMount::with_config(config) {
+        Ok(m) => Some(m),
+        Err(e) => panic!("mount failed: {e}"),
+    }
+}
+
+/// Mounts rawfs with the default configuration (see [`mount_with`]).
+pub fn mount() -> Option<TempMount> {
+    mount_with(&MountConfig::default())
+}
+
+/// Mounts or returns from the calling test (after printing why).
+#[macro_export]
+macro_rules! mount_or_skip {
+    () => {
+        match $crate::common::mount() {
+            Some(m) => m,
+            None => return,
+        }
+    };
+    ($config:expr) => {
+        match $crate::common::mount_with(&$config) {
+            Some(m) => m,
+            None => return,
+        }
+    };
+}
+
+/// The errno of the last failed libc call.
+pub fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// The errno of an `io::Error` (0 if it has none).
+pub fn code(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+/// Runs a shell command in `dir`, asserting it succeeds; returns its output.
+pub fn sh(dir: &Path, script: &str) -> Output {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "sh -c {script:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a python3 program in `dir` with argv[1..] = `args`, asserting it succeeds.
+pub fn python(dir: &Path, program: &str, args: &[&str]) -> Output {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python3 failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The path to the `rawfs` binary under test.
+pub fn rawfs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rawfs")
+}
+
+/// A C string from a path.
+pub fn cpath(p: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).expect("no NUL in path")
+}

@@ -1,0 +1,10 @@
+//! Integration tests: one binary, one module per area. Mounted tests each use their own
+//! temporary mount point (see `common`), so they run in parallel.
+
+mod common;
+
+mod concurrency;
+mod differential;
+mod lifecycle;
+mod model;
+mod posix;
