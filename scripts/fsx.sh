@@ -79,26 +79,36 @@ target_name() {
     fi
 }
 
-# run_fsx BIN CONFIG FILE ARTIFACTS: run fsx; returns its exit status.
+# run_fsx BIN CONFIG FILE ARTIFACTS: run fsx; sets FSX_STATUS and FSX_SECONDS.
 run_fsx() {
-    local bin=$1 config=$2 file=$3 artifacts=$4 status=0 start end
+    local bin=$1 config=$2 file=$3 artifacts=$4 start end
     log "running: $bin -N $OPS -S $SEED -f $config -P $artifacts $file"
     echo "fsx seed: $SEED (rerun with --seed $SEED to replay)"
+    FSX_STATUS=0
     start=$(date +%s.%N)
     timeout --foreground -k 30 "$TIMEOUT" \
-        "$bin" -N "$OPS" -S "$SEED" -f "$config" -P "$artifacts" "$file" || status=$?
+        "$bin" -N "$OPS" -S "$SEED" -f "$config" -P "$artifacts" "$file" || FSX_STATUS=$?
     end=$(date +%s.%N)
-    [[ $status -ne 124 ]] || log "fsx timed out after ${TIMEOUT}s"
-    printf 'fsx on %s: %s ops, seed %s, %.2fs, exit status %d\n' \
-        "$(target_name)" "$OPS" "$SEED" "$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')" "$status"
-    return "$status"
+    FSX_SECONDS=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }')
+    [[ $FSX_STATUS -ne 124 ]] || log "fsx timed out after ${TIMEOUT}s"
+}
+
+report() {
+    local artifacts=$1
+    if [[ $FSX_STATUS -ne 0 ]]; then
+        log "FAILED (status $FSX_STATUS); the operation log is above"
+        if [[ -f $artifacts/fsx.data.fsxgood ]]; then
+            log "expected file contents: $artifacts/fsx.data.fsxgood"
+        fi
+    fi
+    echo "fsx on $(target_name): $OPS ops, seed $SEED, ${FSX_SECONDS}s, exit status $FSX_STATUS"
 }
 
 main() {
     parse_args "$@"
     require_root
     ensure_test_deps
-    local bin artifacts status=0
+    local bin artifacts
     bin=$(build_tool fsx "$FSX_VERSION")
     [[ $USE_TMPFS == 1 ]] || resolve_rawfs
 
@@ -111,14 +121,10 @@ main() {
     prepare_config "$WORKDIR/fsx.toml"
     mount_fs "$WORKDIR/mnt"
 
-    run_fsx "$bin" "$WORKDIR/fsx.toml" "$WORKDIR/mnt/fsx.data" "$artifacts" || status=$?
-    if [[ $status -ne 0 ]]; then
-        log "FAILED (status $status); the operation log is above"
-        if [[ -f $artifacts/fsx.data.fsxgood ]]; then
-            log "expected file contents: $artifacts/fsx.data.fsxgood"
-        fi
-    fi
-    exit "$status"
+    run_fsx "$bin" "$WORKDIR/fsx.toml" "$WORKDIR/mnt/fsx.data" "$artifacts"
+    teardown
+    report "$artifacts"
+    exit "$FSX_STATUS"
 }
 
 main "$@"

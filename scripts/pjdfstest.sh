@@ -114,10 +114,13 @@ parse_results() {
     awk '$1 ~ /::|^[a-z_]+$/ && NF == 2 && $2 ~ /^(ok|FAILED|skipped)$/ { print $2, $1 }' "$1"
 }
 
-# failure_reason LOG NAME: the first message line printed after a failure.
+# failure_reason LOG NAME: the message printed after a failure (at most 4
+# lines, without the backtrace).
 failure_reason() {
-    awk -v name="$2" 'found && /^\t/ { sub(/^\t/, ""); print; exit }
-                      $1 == name && $2 == "FAILED" { found = 1 }' "$1"
+    awk -v name="$2" '
+        found && (/^Backtrace:/ || (NF == 2 && $2 ~ /^(ok|FAILED|skipped)$/) || n == 4) { exit }
+        found { sub(/^\t/, ""); print; n++ }
+        $1 == name && $2 == "FAILED" { found = 1 }' "$1"
 }
 
 load_expected() {
@@ -163,7 +166,8 @@ report() {
     if [[ ${#unexpected[@]} -gt 0 ]]; then
         echo "UNEXPECTED FAILURES (${#unexpected[@]}):"
         for name in "${unexpected[@]}"; do
-            printf '  %s\n      %s\n' "$name" "$(failure_reason "$logfile" "$name")"
+            printf '  %s\n' "$name"
+            failure_reason "$logfile" "$name" | sed 's/^/      /'
         done
     fi
     echo "full log: $logfile"
@@ -190,8 +194,8 @@ main() {
 
     logdir="$REPO_ROOT/target/pjdfstest"
     mkdir -p "$logdir"
-    logfile="$logdir/$( [[ $USE_TMPFS == 1 ]] && echo tmpfs || echo rawfs ).log"
-    results="$logdir/results.txt"
+    logfile="$logdir/$(target_name | tr -s ' -' '-').log"
+    results="${logfile%.log}.results"
 
     install_cleanup_trap
     make_workdir rawfs-pjdfstest
@@ -200,6 +204,7 @@ main() {
     mount_fs "$WORKDIR/mnt"
 
     run_suite "$bin" "$WORKDIR/pjdfstest.toml" "$WORKDIR/mnt" "$logfile"
+    teardown
     parse_results "$logfile" >"$results"
     [[ -s $results ]] || die "no test results found in $logfile"
     report "$logfile" "$results"

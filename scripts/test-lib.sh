@@ -9,11 +9,14 @@
 #   resolve_rawfs            set $RAWFS (env, or cargo build --release)
 #   make_workdir NAME        fresh world-readable temp dir in $WORKDIR
 #   mount_fs MNT             mount rawfs (or tmpfs when USE_TMPFS=1) on MNT
-#   cleanup                  unmount and remove $WORKDIR; used from a trap
+#   teardown                 unmount and remove $WORKDIR (also run by the
+#                            EXIT trap that install_cleanup_trap sets)
 #
 # The sourcing script sets USE_TMPFS=1 for a tmpfs comparison run and may
 # append to the RAWFS_MOUNT_ARGS array. Environment: RAWFS (binary to use),
 # RAWFS_EXTRA_ARGS (extra `rawfs mount` arguments, split on whitespace).
+
+export LC_ALL=C  # stable sort/comm order and tool messages
 
 SCRIPT_NAME=$(basename "$0")
 SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -112,21 +115,28 @@ unmount_fs() {
     fi
 }
 
-# cleanup: EXIT trap. Never removes the work dir while something is still
-# mounted below it.
-cleanup() {
-    local status=$?
-    trap - EXIT
+# teardown: unmount and remove the work dir. Never removes the work dir
+# while something is still mounted below it. Safe to call more than once.
+teardown() {
     if [[ -n $MOUNTPOINT ]]; then
         unmount_fs "$MOUNTPOINT"
         if is_mounted "$MOUNTPOINT"; then
             log "warning: $MOUNTPOINT is still mounted; leaving $WORKDIR in place"
-            exit "$status"
+            return 1
         fi
+        MOUNTPOINT=""
     fi
     if [[ -n $WORKDIR && -d $WORKDIR ]]; then
         rm -rf --one-file-system "$WORKDIR" || log "warning: could not remove $WORKDIR"
     fi
+    WORKDIR=""
+}
+
+# cleanup: EXIT trap; keeps the script's exit status.
+cleanup() {
+    local status=$?
+    trap - EXIT
+    teardown || true
     exit "$status"
 }
 

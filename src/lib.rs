@@ -18,3 +18,8 @@ pub mod registry;
 pub use errno::Errno;
 pub use harness::TempMount;
 pub use mount::{MountConfig, Mounted};
+
+/// The examples of docs/library.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/library.md")]
+pub struct LibraryGuide;

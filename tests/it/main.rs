@@ -5,6 +5,7 @@ mod common;
 
 mod concurrency;
 mod differential;
+mod docs;
 mod lifecycle;
 mod model;
 mod posix;
