@@ -335,9 +335,19 @@ fn umount(mountpoint: &Path, lazy: bool) -> ExitCode {
         };
     }
     if let Some(pid) = pid {
+        // After a lazy detach of a busy mount the daemon serves the processes still using it
+        // until they let go: that is what --lazy asks for, not a failure.
+        let limit = Duration::from_secs(if lazy { 2 } else { 10 });
         let start = Instant::now();
-        while registry::process_alive(pid) && start.elapsed() < Duration::from_secs(10) {
+        while registry::process_alive(pid) && start.elapsed() < limit {
             std::thread::sleep(Duration::from_millis(10));
+        }
+        if registry::process_alive(pid) && lazy {
+            eprintln!(
+                "rawfs: detached {shown}; daemon {pid} keeps serving the processes still \
+                 using it and exits when they let go"
+            );
+            return ExitCode::SUCCESS;
         }
         if registry::process_alive(pid) {
             return fail(format!(
@@ -357,11 +367,21 @@ fn run(config: &MountConfig, keep: bool, command: &[OsString]) -> ExitCode {
         Ok(m) => m,
         Err(e) => return fail(e),
     };
-    let status = Command::new(&command[0])
-        .args(&command[1..])
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..])
         .current_dir(tm.path())
-        .env("RAWFS_MOUNT", tm.path())
-        .status();
+        .env("RAWFS_MOUNT", tm.path());
+    // The stop signals are blocked here, and a child inherits the mask: unblock them in the
+    // command, or SIGINT, SIGTERM and SIGHUP would not stop it.
+    let unblock = set;
+    // SAFETY: between fork and exec only pthread_sigmask runs, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &unblock, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let status = cmd.status();
     let code = match status {
         Ok(s) => match (s.code(), s.signal()) {
             (Some(c), _) => c,

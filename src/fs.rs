@@ -470,9 +470,10 @@ impl State {
         Ok(fh)
     }
 
-    /// O_TRUNC at open time (with atomic_o_trunc the kernel leaves it to us).
+    /// O_TRUNC at open time (with atomic_o_trunc the kernel leaves it to us). Linux truncates
+    /// whatever the access mode, O_RDONLY included (the kernel has checked write permission).
     fn truncate_on_open(&mut self, ino: u64, flags: i32) -> Result<(), Errno> {
-        if flags & libc::O_TRUNC == 0 || flags & libc::O_ACCMODE == libc::O_RDONLY {
+        if flags & libc::O_TRUNC == 0 {
             return Ok(());
         }
         let State { nodes, space, .. } = self;
@@ -661,14 +662,29 @@ impl Fs {
         let State { nodes, space, .. } = &mut *guard;
         let n = nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         let t = now();
+        // Times as tmpfs sets them: a new size sets mtime and ctime; truncate(2) to the same
+        // size does only if the file has pages to drop (ftruncate(2) always does: the adapter
+        // adds mtime). Any other field, or none (chown(f, -1, -1)), sets ctime.
+        let mut untouched = false;
         if let Some(size) = set.size {
             match &mut n.body {
-                Body::File(d) => d.truncate(size, space),
+                Body::File(d) => {
+                    untouched = d.size() == size && d.pages() == 0;
+                    d.truncate(size, space);
+                }
                 Body::Dir(_) => return Err(Errno::EISDIR),
                 _ => return Err(Errno::EINVAL),
             }
-            n.mtime = t;
+            if !untouched {
+                n.mtime = t;
+            }
         }
+        untouched &= set.mode.is_none()
+            && set.uid.is_none()
+            && set.gid.is_none()
+            && set.atime.is_none()
+            && set.mtime.is_none()
+            && set.ctime.is_none();
         if let Some(mode) = set.mode {
             n.perm = (mode & 0o7777) as u16;
         }
@@ -684,7 +700,9 @@ impl Fs {
         if let Some(m) = set.mtime {
             n.mtime = resolve(m, t);
         }
-        n.ctime = set.ctime.unwrap_or(t);
+        if !untouched {
+            n.ctime = set.ctime.unwrap_or(t);
+        }
         Ok(n.attr(ino))
     }
 
@@ -929,8 +947,13 @@ impl Fs {
             offset
         };
         let written = d.write(offset, data, space);
-        if written == 0 && !data.is_empty() {
-            return Err(Errno::ENOSPC);
+        if written == 0 {
+            // An empty write changes nothing, not even the times (as on tmpfs).
+            return if data.is_empty() {
+                Ok(0)
+            } else {
+                Err(Errno::ENOSPC)
+            };
         }
         n.touch_modified(now());
         n.kill_suid(caller);
@@ -1172,6 +1195,10 @@ fn check_xattr_name(name: &OsStr) -> Result<(), Errno> {
         return Err(Errno::ERANGE);
     }
     const NAMESPACES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
+    // A bare namespace prefix ("user.") is EINVAL, as the VFS answers for local file systems.
+    if NAMESPACES.contains(&b) {
+        return Err(Errno::EINVAL);
+    }
     if !NAMESPACES
         .iter()
         .any(|ns| b.starts_with(ns) && b.len() > ns.len())

@@ -92,8 +92,21 @@ fn file_attr(a: &Attr) -> FileAttr {
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+        TimeOrNow::SpecificTime(t) => SetTime::At(request_time(t)),
     })
+}
+
+/// Undoes fuser 0.18's decoding of a time before 1970: it turns (secs < 0, nsecs) into
+/// `UNIX_EPOCH - (-secs s + nsecs ns)` where the kernel means `secs s + nsecs ns`, so
+/// `(-1, 500)` would come back from stat as `(-2, 999999500)`.
+fn request_time(t: SystemTime) -> SystemTime {
+    match SystemTime::UNIX_EPOCH.duration_since(t) {
+        Ok(before) if before.subsec_nanos() != 0 => {
+            SystemTime::UNIX_EPOCH - Duration::from_secs(before.as_secs())
+                + Duration::from_nanos(u64::from(before.subsec_nanos()))
+        }
+        _ => t,
+    }
 }
 
 impl RawFs {
@@ -206,21 +219,24 @@ impl Filesystem for RawFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // ftruncate(2) (a size with a file handle) sets mtime and ctime even to the same size,
+        // as on tmpfs: the kernel leaves that to the daemon and sends no time.
+        let ftruncate = size.is_some() && fh.is_some();
         let set = SetAttr {
             mode,
             uid,
             gid,
             size,
             atime: set_time(atime),
-            mtime: set_time(mtime),
-            ctime,
+            mtime: set_time(mtime).or(ftruncate.then_some(SetTime::Now)),
+            ctime: ctime.map(request_time),
         };
         match self.serve("setattr", |fs| fs.setattr(ino(i), &set)) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),

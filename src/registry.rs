@@ -55,12 +55,20 @@ impl Entry {
 
     /// File holding the daemon's pid.
     pub fn pid_file(&self) -> PathBuf {
-        self.base.with_extension("pid")
+        self.with_suffix(".pid")
     }
 
     /// Log file of a daemon started with `--daemon`.
     pub fn log_file(&self) -> PathBuf {
-        self.base.with_extension("log")
+        self.with_suffix(".log")
+    }
+
+    /// The base name plus `suffix`. Not `with_extension`, which would cut a mount point such
+    /// as `/mnt/data.1` at its dot and give `/mnt/data.2` the same files.
+    fn with_suffix(&self, suffix: &str) -> PathBuf {
+        let mut name = self.base.clone().into_os_string();
+        name.push(suffix);
+        PathBuf::from(name)
     }
 
     /// Records the daemon's pid.
@@ -84,11 +92,20 @@ impl Entry {
     }
 }
 
-/// True if a process with this pid exists.
+/// True if a process with this pid exists and is running.
+///
+/// A zombie (exited, not yet reaped by its parent: a daemon's parent exits at once, and some
+/// containers' init never reaps) counts as gone.
 pub fn process_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks for existence.
     let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    // The state follows the command name in parentheses, which may itself contain ") ".
+    let zombie = fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+    });
+    exists && !zombie
 }
 
 /// `path` made absolute without touching it (a stale mount point cannot be canonicalized).

@@ -109,14 +109,18 @@ impl FileData {
             Arc::make_mut(page)[in_page..in_page + n].copy_from_slice(&data[done..done + n]);
             done += n;
         }
-        self.size = self.size.max(offset + done as u64);
+        // Nothing written (an empty write, or no space for the first page): no growth either.
+        if done > 0 {
+            self.size = self.size.max(offset + done as u64);
+        }
         done
     }
 
     /// Sets the size: shrinking frees whole pages past the end and zeroes the tail of the
-    /// last one (so a later extension reads zeros); growing adds a hole.
+    /// last one (so a later extension reads zeros); growing adds a hole. Keeping the size also
+    /// frees pages past the end (preallocated with `FALLOC_FL_KEEP_SIZE`), as tmpfs and ext4 do.
     pub fn truncate(&mut self, size: u64, budget: &mut Space) {
-        if size < self.size {
+        if size <= self.size {
             let freed = self.pages.split_off(&size.div_ceil(PAGE));
             budget.give_back(freed.len() as u64);
             self.zero_within_page(size, PAGE - size % PAGE);

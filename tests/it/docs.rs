@@ -38,7 +38,10 @@ fn examples(path: &Path) -> Vec<Example> {
         if lang != "sh" {
             continue;
         }
-        let expected = blocks.get(i + 1).filter(|b| b.1 == "text").map(|b| b.2.clone());
+        let expected = blocks
+            .get(i + 1)
+            .filter(|b| b.1 == "text")
+            .map(|b| b.2.clone());
         out.push(Example {
             origin: format!("{}:{line}", path.display()),
             script: body.clone(),
@@ -64,10 +67,21 @@ fn every_shell_example_in_docs_runs_and_prints_what_it_shows() {
     if crate::common::mount().is_none() {
         return;
     }
-    let bin_dir = Path::new(crate::common::rawfs_bin()).parent().expect("bin dir").to_owned();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let bin_dir = Path::new(crate::common::rawfs_bin())
+        .parent()
+        .expect("bin dir")
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let all: Vec<Example> = doc_files().iter().flat_map(|f| examples(f)).collect();
-    assert!(all.len() >= 3, "expected examples in docs/, found {}", all.len());
+    assert!(
+        all.len() >= 3,
+        "expected examples in docs/, found {}",
+        all.len()
+    );
     for ex in all {
         let scratch = tempfile::tempdir().expect("scratch dir");
         let out = Command::new("sh")
@@ -89,7 +103,11 @@ fn every_shell_example_in_docs_runs_and_prints_what_it_shows() {
             String::from_utf8_lossy(&out.stderr)
         );
         if let Some(expected) = &ex.expected {
-            assert_eq!(&stdout, expected, "example at {} printed something else", ex.origin);
+            assert_eq!(
+                &stdout, expected,
+                "example at {} printed something else",
+                ex.origin
+            );
         }
     }
 }
@@ -98,8 +116,11 @@ fn every_shell_example_in_docs_runs_and_prints_what_it_shows() {
 fn the_extractor_pairs_examples_with_their_output() {
     let dir = tempfile::tempdir().expect("tempdir");
     let doc = dir.path().join("x.md");
-    std::fs::write(&doc, "text\n```sh\necho a\n```\n\n```text\na\n```\n```sh\ntrue\n```\n")
-        .expect("write");
+    std::fs::write(
+        &doc,
+        "text\n```sh\necho a\n```\n\n```text\na\n```\n```sh\ntrue\n```\n",
+    )
+    .expect("write");
     let ex = examples(&doc);
     assert_eq!(ex.len(), 2);
     assert_eq!(ex[0].script, "echo a\n");
