@@ -394,6 +394,8 @@ fn run(config: &MountConfig, keep: bool, command: &[OsString]) -> ExitCode {
         }
     };
     if keep {
+        // A Ctrl-C meant for the command is pending here too: it must not end the keep phase.
+        drain_signals(&set);
         eprintln!(
             "rawfs: mount kept at {}; Ctrl-C or `rawfs umount {}` ends it",
             tm.path().display(),
@@ -405,6 +407,16 @@ fn run(config: &MountConfig, keep: bool, command: &[OsString]) -> ExitCode {
         warn!("unmounting: {e}");
     }
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// Discards stop signals already pending.
+fn drain_signals(set: &libc::sigset_t) {
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: set is initialised and zero is a valid timeout.
+    while unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &zero) } > 0 {}
 }
 
 fn keep_serving(set: &libc::sigset_t, tm: &TempMount) {

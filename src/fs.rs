@@ -17,8 +17,8 @@ pub mod dir;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::errno::Errno;
 use data::{FileData, PAGE, Space};
@@ -227,7 +227,12 @@ impl Default for FsOptions {
 #[derive(Debug)]
 pub struct Fs {
     state: Mutex<State>,
+    /// Signalled when a node is freed, for writes waiting for space (see [`Fs::write`]).
+    freed: Condvar,
 }
+
+/// How long a write that ran out of space waits for unlinked files to be freed.
+const SPACE_WAIT: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
 struct State {
@@ -406,6 +411,21 @@ impl State {
     }
 
     /// Frees a node nothing refers to any more: no name, no open handle, no kernel reference.
+    /// Pages held by files that have no name left (freed once closed and forgotten).
+    fn unlinked_pages(&self) -> u64 {
+        self.nodes
+            .values()
+            .filter(|n| n.nlink == 0)
+            .map(|n| {
+                if let Body::File(d) = &n.body {
+                    d.pages()
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
     fn maybe_free(&mut self, ino: u64) {
         let Some(n) = self.nodes.get(&ino) else {
             return;
@@ -620,6 +640,7 @@ impl Fs {
                 next_fh: 1,
                 space: Space::with_limit(limit),
             }),
+            freed: Condvar::new(),
         }
     }
 
@@ -649,6 +670,7 @@ impl Fs {
             n.lookups = n.lookups.saturating_sub(count);
         }
         s.maybe_free(ino);
+        self.freed.notify_all();
     }
 
     /// stat(2).
@@ -936,27 +958,41 @@ impl Fs {
         if h.flags & libc::O_ACCMODE == libc::O_RDONLY {
             return Err(Errno::EBADF);
         }
-        let State { nodes, space, .. } = &mut *guard;
-        let n = nodes.get_mut(&h.ino).ok_or(Errno::ENOENT)?;
-        let Body::File(d) = &mut n.body else {
-            return Err(Errno::EINVAL);
-        };
-        let offset = if h.flags & libc::O_APPEND != 0 {
-            d.size()
-        } else {
-            offset
-        };
-        let written = d.write(offset, data, space);
-        if written == 0 {
-            // An empty write changes nothing, not even the times (as on tmpfs).
-            return if data.is_empty() {
-                Ok(0)
-            } else {
-                Err(Errno::ENOSPC)
+        let deadline = Instant::now() + SPACE_WAIT;
+        let mut written = 0;
+        loop {
+            let State { nodes, space, .. } = &mut *guard;
+            let n = nodes.get_mut(&h.ino).ok_or(Errno::ENOENT)?;
+            let Body::File(d) = &mut n.body else {
+                return Err(Errno::EINVAL);
             };
+            let at = if h.flags & libc::O_APPEND != 0 {
+                d.size()
+            } else {
+                offset + written as u64
+            };
+            let done = d.write(at, &data[written..], space);
+            if done > 0 {
+                n.touch_modified(now());
+                n.kill_suid(caller);
+            }
+            written += done;
+            // The kernel frees an unlinked file (FORGET, RELEASE) asynchronously: a write
+            // queued right after `rm` may be served first. Wait for that space, as a local
+            // file system would already have it back.
+            let now = Instant::now();
+            if written == data.len() || now >= deadline || guard.unlinked_pages() == 0 {
+                break;
+            }
+            guard = self
+                .freed
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        n.touch_modified(now());
-        n.kill_suid(caller);
+        if written == 0 && !data.is_empty() {
+            return Err(Errno::ENOSPC);
+        }
         Ok(written as u32)
     }
 
@@ -973,6 +1009,7 @@ impl Fs {
             n.opens = n.opens.saturating_sub(1);
         }
         s.maybe_free(h.ino);
+        self.freed.notify_all();
         Ok(())
     }
 

@@ -1872,10 +1872,6 @@ fn size_limit_shows_in_statfs_and_writes_past_it_fail_enospc() {
 }
 
 #[test]
-#[ignore = "rawfs bug: an unlinked file's pages are freed only once the asynchronous RELEASE \
-            and FORGET are served; with several daemon threads a write queued after the \
-            unlink can be served first and fail with ENOSPC (about 1 round in 500; fails \
-            about every other run)"]
 fn space_is_free_for_the_next_write_right_after_unlink() {
     let m = mount_or_skip!(MountConfig {
         size: Some(2 * MIB as u64),
