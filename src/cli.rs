@@ -15,6 +15,7 @@ use crate::fuse::CacheMode;
 use crate::harness::TempMount;
 use crate::mount::{self, MountConfig, Mounted};
 use crate::registry::{self, Entry};
+use crate::trace::recorder::{Overflow, TraceConfig};
 
 /// rawfs: an in-memory file system over FUSE for testing raw I/O semantics.
 ///
@@ -89,6 +90,26 @@ struct MountArgs {
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
+    /// Also write every request to FILE as it happens, as JSON Lines (see docs/trace.md).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Requests kept in memory for `rawfs trace` (the newest ones); 0 turns recording off.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    trace_capacity: usize,
+    /// When the trace writer falls behind: `wait` (requests wait, nothing is lost) or
+    /// `drop` (events are dropped and counted).
+    #[arg(long, value_name = "POLICY", default_value = "wait", value_parser = parse_overflow)]
+    trace_overflow: Overflow,
+}
+
+fn parse_overflow(s: &str) -> Result<Overflow, String> {
+    match s {
+        "wait" => Ok(Overflow::Wait),
+        "drop" => Ok(Overflow::Drop),
+        other => Err(format!(
+            "unknown overflow policy {other:?} (use wait or drop)"
+        )),
+    }
 }
 
 impl MountArgs {
@@ -101,6 +122,14 @@ impl MountArgs {
             },
             size: self.size,
             threads: self.threads.into(),
+            trace: TraceConfig {
+                capacity: self.trace_capacity,
+                file: self
+                    .trace
+                    .as_ref()
+                    .map(|p| std::path::absolute(p).unwrap_or(p.clone())),
+                overflow: self.trace_overflow,
+            },
         }
     }
 
@@ -113,6 +142,21 @@ impl MountArgs {
         if self.cache {
             a.push("--cache".into());
         }
+        if let Some(t) = &self.trace {
+            a.push("--trace".into());
+            a.push(std::path::absolute(t).unwrap_or(t.clone()).into());
+        }
+        a.push("--trace-capacity".into());
+        a.push(self.trace_capacity.to_string().into());
+        a.push("--trace-overflow".into());
+        a.push(
+            if self.trace_overflow == Overflow::Drop {
+                "drop"
+            } else {
+                "wait"
+            }
+            .into(),
+        );
         a
     }
 }

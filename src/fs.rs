@@ -154,6 +154,15 @@ pub enum RenameMode {
     Exchange,
 }
 
+/// What a rename did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Renamed {
+    /// The node that was renamed.
+    pub node: u64,
+    /// The node that was at the target name (replaced, or swapped with RENAME_EXCHANGE).
+    pub replaced: Option<u64>,
+}
+
 /// What `fallocate` does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Allocate {
@@ -261,6 +270,8 @@ struct Node {
     lookups: u64,
     /// Open handles.
     opens: u64,
+    /// Every name of the node, as (parent, name); the first one gives its path in the trace.
+    links: Vec<(u64, OsString)>,
 }
 
 #[derive(Debug)]
@@ -325,6 +336,7 @@ impl Node {
             xattrs: BTreeMap::new(),
             lookups: 0,
             opens: 0,
+            links: Vec::new(),
         }
     }
 
@@ -468,6 +480,7 @@ impl State {
         }
         let mut node = Node::new(kind, perm, caller.uid, gid, rdev, body);
         node.lookups = 1;
+        node.links.push((parent, name.to_owned()));
         let ino = self.next_ino;
         self.next_ino += 1;
         let attr = node.attr(ino);
@@ -505,6 +518,47 @@ impl State {
         Ok(())
     }
 
+    /// Moves one name of `ino` from `from` to `to` (or just drops it).
+    fn relink(&mut self, ino: u64, from: (u64, &OsStr), to: Option<(u64, &OsStr)>) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            if let Some(i) = n
+                .links
+                .iter()
+                .position(|(p, name)| *p == from.0 && name == from.1)
+            {
+                match to {
+                    Some((p, name)) => n.links[i] = (p, name.to_owned()),
+                    None => {
+                        n.links.remove(i);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The path of `ino` inside the mount by its first name, or `None` if it has none left.
+    fn path_of(&self, ino: u64) -> Option<String> {
+        let mut names: Vec<&OsStr> = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT {
+            let (parent, name) = self.nodes.get(&cur)?.links.first()?;
+            names.push(name);
+            cur = *parent;
+            if names.len() > 4096 {
+                return None;
+            }
+        }
+        let mut path = String::with_capacity(names.iter().map(|n| n.len() + 1).sum::<usize>() + 1);
+        for name in names.iter().rev() {
+            path.push('/');
+            path.push_str(&name.to_string_lossy());
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        Some(path)
+    }
+
     fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> bool {
         loop {
             if ino == ancestor {
@@ -538,7 +592,7 @@ impl State {
         newparent: u64,
         newname: &OsStr,
         mode: RenameMode,
-    ) -> Result<(), Errno> {
+    ) -> Result<Renamed, Errno> {
         check_name(name)?;
         check_name(newname)?;
         let src = self.child(parent, name)?;
@@ -566,7 +620,12 @@ impl State {
             for ino in [parent, newparent] {
                 self.node_mut(ino)?.touch_modified(t);
             }
-            return Ok(());
+            self.relink(src, (parent, name), Some((newparent, newname)));
+            self.relink(dst, (newparent, newname), Some((parent, name)));
+            return Ok(Renamed {
+                node: src,
+                replaced: Some(dst),
+            });
         }
         if src_is_dir && self.is_ancestor(src, newparent) {
             return Err(Errno::EINVAL);
@@ -577,7 +636,10 @@ impl State {
             }
             if dst == src {
                 // Two names of one inode: POSIX says do nothing.
-                return Ok(());
+                return Ok(Renamed {
+                    node: src,
+                    replaced: None,
+                });
             }
             let target = self.node(dst)?;
             match (src_is_dir, target.kind == Kind::Dir) {
@@ -593,8 +655,10 @@ impl State {
             if src_is_dir {
                 self.node_mut(newparent)?.nlink -= 1;
             }
+            self.relink(dst, (newparent, newname), None);
             self.drop_link(dst, t);
         }
+        self.relink(src, (parent, name), Some((newparent, newname)));
         if parent != newparent {
             self.reparent(src, src_is_dir, parent, newparent)?;
         }
@@ -602,7 +666,10 @@ impl State {
         for ino in [parent, newparent] {
             self.node_mut(ino)?.touch_modified(t);
         }
-        Ok(())
+        Ok(Renamed {
+            node: src,
+            replaced: dst,
+        })
     }
 
     /// Moves a directory's ".." (and the link counts it implies) from `from` to `to`.
@@ -804,8 +871,8 @@ impl Fs {
         self.lock().add_node(caller, parent, name, new)
     }
 
-    /// unlink(2).
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+    /// unlink(2). Returns the inode that lost the name.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<u64, Errno> {
         let mut s = self.lock();
         let ino = s.child(parent, name)?;
         if s.node(ino)?.kind == Kind::Dir {
@@ -815,12 +882,13 @@ impl Fs {
         let p = s.node_mut(parent)?;
         p.dir_mut()?.remove(name);
         p.touch_modified(t);
+        s.relink(ino, (parent, name), None);
         s.drop_link(ino, t);
-        Ok(())
+        Ok(ino)
     }
 
-    /// rmdir(2).
-    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+    /// rmdir(2). Returns the removed directory's inode.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<u64, Errno> {
         let mut s = self.lock();
         let ino = s.child(parent, name)?;
         let n = s.node(ino)?;
@@ -832,8 +900,9 @@ impl Fs {
         p.dir_mut()?.remove(name);
         p.touch_modified(t);
         p.nlink -= 1;
+        s.relink(ino, (parent, name), None);
         s.drop_link(ino, t);
-        Ok(())
+        Ok(ino)
     }
 
     /// rename(2) and renameat2(2).
@@ -844,8 +913,24 @@ impl Fs {
         newparent: u64,
         newname: &OsStr,
         mode: RenameMode,
-    ) -> Result<(), Errno> {
+    ) -> Result<Renamed, Errno> {
         self.lock().rename(parent, name, newparent, newname, mode)
+    }
+
+    /// The path of `ino` inside the mount ("/" for the root), by its first name; `None` once
+    /// it has no name left.
+    pub fn path(&self, ino: u64) -> Option<String> {
+        self.lock().path_of(ino)
+    }
+
+    /// The path `name` has (or would have) in directory `parent`.
+    pub fn name_path(&self, parent: u64, name: &OsStr) -> Option<String> {
+        let mut p = self.lock().path_of(parent)?;
+        if !p.ends_with('/') {
+            p.push('/');
+        }
+        p.push_str(&name.to_string_lossy());
+        Some(p)
     }
 
     /// link(2): a new name for `ino`.
@@ -870,6 +955,7 @@ impl Fs {
         n.nlink += 1;
         n.ctime = t;
         n.lookups += 1;
+        n.links.push((newparent, newname.to_owned()));
         Ok(n.attr(ino))
     }
 
@@ -927,6 +1013,12 @@ impl Fs {
 
     /// read(2) through handle `fh`: at most `size` bytes, fewer only at end of file.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        self.read_at(fh, offset, size).map(|(data, _)| data)
+    }
+
+    /// [`Fs::read`], also returning the file size at the time of the read (which tells a
+    /// short read from end of file).
+    pub fn read_at(&self, fh: u64, offset: u64, size: u32) -> Result<(Vec<u8>, u64), Errno> {
         let mut s = self.lock();
         let h = s.handle(fh)?;
         if h.flags & libc::O_ACCMODE == libc::O_WRONLY {
@@ -941,13 +1033,14 @@ impl Fs {
             });
         };
         let out = d.read(offset, size as usize);
+        let file_size = d.size();
         if h.flags & libc::O_NOATIME == 0 {
             // relatime, the Linux default: only when atime is not already newer than both.
             if n.atime <= n.mtime || n.atime <= n.ctime {
                 n.atime = now();
             }
         }
-        Ok(out)
+        Ok((out, file_size))
     }
 
     /// write(2) through handle `fh`; O_APPEND handles write at end of file whatever the

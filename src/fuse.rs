@@ -1,26 +1,33 @@
 //! The FUSE adapter: decodes each kernel request from fuser, runs it on the in-memory tree
-//! through one pipeline ([`RawFs::serve`]), and encodes the reply.
+//! through one pipeline ([`RawFs::call`]), and encodes the reply.
 //!
-//! Every request passes through `serve`, which is the single place where a request is
-//! observed and where a panic in the tree becomes EIO plus a log line instead of a dead
-//! session thread and a hung mount.
+//! Every request passes through `call`, the single place where a request is numbered and
+//! recorded in the trace and where a panic in the tree becomes EIO plus a log line instead of
+//! a dead session thread and a hung mount. Each handler says three things: what the request
+//! is (`describe`: the event's fields), what to do (`run`: one call on the tree), and what
+//! came of it (`outcome`: the event's result fields). The tree never sees fuser types and
+//! this file never formats a trace.
 
 use std::ffi::OsStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents,
+    PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{error, warn};
 
 use crate::errno::Errno;
 use crate::fs::{Allocate, Attr, Caller, Fs, Kind, RenameMode, SetAttr, SetTime};
+use crate::trace::event::{SetattrFields, TimeSpec};
+use crate::trace::recorder::Recorder;
+use crate::trace::{Event, Op};
 
 /// How the kernel may cache what rawfs answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -39,6 +46,7 @@ pub struct RawFs {
     fs: Arc<Fs>,
     cache: CacheMode,
     ttl: Duration,
+    recorder: Option<Arc<Recorder>>,
 }
 
 fn ino(i: INodeNo) -> u64 {
@@ -96,6 +104,16 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
+fn time_spec(t: Option<SetTime>) -> Option<TimeSpec> {
+    t.map(|t| match t {
+        SetTime::Now => TimeSpec::Now,
+        SetTime::At(t) => TimeSpec::Ns(match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i128,
+            Err(e) => -(e.duration().as_nanos() as i128),
+        }),
+    })
+}
+
 /// Undoes fuser 0.18's decoding of a time before 1970: it turns (secs < 0, nsecs) into
 /// `UNIX_EPOCH - (-secs s + nsecs ns)` where the kernel means `secs s + nsecs ns`, so
 /// `(-1, 500)` would come back from stat as `(-2, 999999500)`.
@@ -109,24 +127,65 @@ fn request_time(t: SystemTime) -> SystemTime {
     }
 }
 
+fn lossy(s: &OsStr) -> String {
+    s.to_string_lossy().into_owned()
+}
+
+/// Event fields for a name operation: the parent and the full path of the name.
+fn named(e: &mut Event, fs: &Fs, parent: u64, name: &OsStr) {
+    e.ino = Some(parent);
+    e.path = fs.name_path(parent, name);
+}
+
+/// Event fields for an operation on an inode: the inode and its path.
+fn on_inode(e: &mut Event, fs: &Fs, i: u64) {
+    e.ino = Some(i);
+    e.path = fs.path(i);
+}
+
+/// Event fields for an operation on an open handle.
+fn on_handle(e: &mut Event, fs: &Fs, i: u64, fh: u64) {
+    on_inode(e, fs, i);
+    e.fh = Some(fh);
+}
+
+fn entry_outcome(e: &mut Event, a: &Attr) {
+    e.out_ino = Some(a.ino);
+}
+
+fn nothing<T>(_: &mut Event, _: &T) {}
+
 impl RawFs {
-    /// An adapter serving `fs` with the given caching.
-    pub fn new(fs: Arc<Fs>, cache: CacheMode) -> RawFs {
+    /// An adapter serving `fs` with the given caching, recording into `recorder` if given.
+    pub fn new(fs: Arc<Fs>, cache: CacheMode, recorder: Option<Arc<Recorder>>) -> RawFs {
         let ttl = match cache {
             CacheMode::Direct => Duration::ZERO,
             CacheMode::Cached => Duration::from_secs(1),
         };
-        RawFs { fs, cache, ttl }
+        RawFs {
+            fs,
+            cache,
+            ttl,
+            recorder,
+        }
     }
 
-    /// Runs one request on the tree. A panic becomes EIO and an error log line naming the
-    /// operation; the session thread lives on.
-    fn serve<T>(
+    /// One request through the pipeline: number and describe it, run it on the tree (a panic
+    /// becomes EIO and an error log line naming the operation), record what came of it.
+    fn call<T>(
         &self,
-        op: &'static str,
-        f: impl FnOnce(&Fs) -> Result<T, Errno>,
+        req: &Request,
+        op: Op,
+        describe: impl FnOnce(&mut Event, &Fs),
+        run: impl FnOnce(&Fs) -> Result<T, Errno>,
+        outcome: impl FnOnce(&mut Event, &T),
     ) -> Result<T, Errno> {
-        match catch_unwind(AssertUnwindSafe(|| f(&self.fs))) {
+        let pending = self.recorder.as_ref().map(|r| {
+            let mut p = r.begin(op, req.pid(), req.uid(), req.gid());
+            describe(&mut p.event, &self.fs);
+            p
+        });
+        let result = match catch_unwind(AssertUnwindSafe(|| run(&self.fs))) {
             Ok(r) => r,
             Err(panic) => {
                 let msg = panic
@@ -134,10 +193,18 @@ impl RawFs {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                error!("internal error in {op}: {msg}; answered EIO");
+                error!("internal error in {}: {msg}; answered EIO", op.name());
                 Err(Errno::EIO)
             }
+        };
+        if let (Some(rec), Some(mut p)) = (&self.recorder, pending) {
+            match &result {
+                Ok(v) => outcome(&mut p.event, v),
+                Err(e) => p.event.errno = Some(e.to_string()),
+            }
+            rec.finish(p);
         }
+        result
     }
 
     fn open_flags(&self) -> FopenFlags {
@@ -154,17 +221,56 @@ impl RawFs {
         }
     }
 
-    fn empty(r: Result<(), Errno>, reply: ReplyEmpty) {
+    fn attr(&self, r: Result<Attr, Errno>, reply: ReplyAttr) {
         match r {
-            Ok(()) => reply.ok(),
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn xattr_reply(r: Result<Vec<u8>, Errno>, size: u32, reply: ReplyXattr) {
+    fn empty<T>(r: Result<T, Errno>, reply: ReplyEmpty) {
+        match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn opened(&self, r: Result<u64, Errno>, flags: FopenFlags, reply: ReplyOpen) {
+        match r {
+            Ok(fh) => reply.opened(FileHandle(fh), flags),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    /// getxattr/listxattr: a zero size asks for the length; a too small buffer is ERANGE.
+    fn xattr(
+        &self,
+        req: &Request,
+        op: Op,
+        describe: impl FnOnce(&mut Event, &Fs),
+        size: u32,
+        get: impl FnOnce(&Fs) -> Result<Vec<u8>, Errno>,
+        reply: ReplyXattr,
+    ) {
+        let r = self.call(
+            req,
+            op,
+            |e, fs| {
+                describe(e, fs);
+                e.size = Some(size.into());
+            },
+            |fs| {
+                let v = get(fs)?;
+                if size != 0 && v.len() > size as usize {
+                    Err(Errno::ERANGE)
+                } else {
+                    Ok(v)
+                }
+            },
+            |e, v| e.returned = Some(v.len() as u64),
+        );
         match r {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(fuser::Errno::from_i32(libc::ERANGE)),
             Ok(v) => reply.data(&v),
             Err(e) => reply.error(err(e)),
         }
@@ -187,30 +293,51 @@ impl Filesystem for RawFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(
-            self.serve("lookup", |fs| fs.lookup(ino(parent), name)),
-            reply,
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let p = ino(parent);
+        let r = self.call(
+            req,
+            Op::Lookup,
+            |e, fs| named(e, fs, p, name),
+            |fs| fs.lookup(p, name),
+            entry_outcome,
+        );
+        self.entry(r, reply);
+    }
+
+    fn forget(&self, req: &Request, i: INodeNo, nlookup: u64) {
+        let _ = self.call(
+            req,
+            Op::Forget,
+            |e, fs| {
+                on_inode(e, fs, ino(i));
+                e.size = Some(nlookup);
+            },
+            |fs| {
+                fs.forget(ino(i), nlookup);
+                Ok(())
+            },
+            nothing,
         );
     }
 
-    fn forget(&self, _req: &Request, i: INodeNo, nlookup: u64) {
-        let _ = self.serve("forget", |fs| {
-            fs.forget(ino(i), nlookup);
-            Ok(())
-        });
-    }
-
-    fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.serve("getattr", |fs| fs.getattr(ino(i))) {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
-            Err(e) => reply.error(err(e)),
-        }
+    fn getattr(&self, req: &Request, i: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let r = self.call(
+            req,
+            Op::Getattr,
+            |e, fs| {
+                on_inode(e, fs, ino(i));
+                e.fh = fh.map(|f| f.0);
+            },
+            |fs| fs.getattr(ino(i)),
+            nothing,
+        );
+        self.attr(r, reply);
     }
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -238,14 +365,36 @@ impl Filesystem for RawFs {
             mtime: set_time(mtime).or(ftruncate.then_some(SetTime::Now)),
             ctime: ctime.map(request_time),
         };
-        match self.serve("setattr", |fs| fs.setattr(ino(i), &set)) {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
-            Err(e) => reply.error(err(e)),
-        }
+        let r = self.call(
+            req,
+            Op::Setattr,
+            |e, fs| {
+                on_inode(e, fs, ino(i));
+                e.fh = fh.map(|f| f.0);
+                e.set = Some(SetattrFields {
+                    mode,
+                    uid,
+                    gid,
+                    size,
+                    atime: time_spec(set_time(atime)),
+                    mtime: time_spec(set_time(mtime)),
+                });
+            },
+            |fs| fs.setattr(ino(i), &set),
+            nothing,
+        );
+        self.attr(r, reply);
     }
 
-    fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
-        match self.serve("readlink", |fs| fs.readlink(ino(i))) {
+    fn readlink(&self, req: &Request, i: INodeNo, reply: ReplyData) {
+        let r = self.call(
+            req,
+            Op::Readlink,
+            |e, fs| on_inode(e, fs, ino(i)),
+            |fs| fs.readlink(ino(i)),
+            |e, t| e.name = Some(String::from_utf8_lossy(t).into_owned()),
+        );
+        match r {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(err(e)),
         }
@@ -261,11 +410,19 @@ impl Filesystem for RawFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let c = caller(req);
-        self.entry(
-            self.serve("mknod", |fs| fs.mknod(&c, ino(parent), name, mode, rdev)),
-            reply,
+        let (p, c) = (ino(parent), caller(req));
+        let r = self.call(
+            req,
+            Op::Mknod,
+            |e, fs| {
+                named(e, fs, p, name);
+                e.mode = Some(mode);
+                e.rdev = Some(rdev);
+            },
+            |fs| fs.mknod(&c, p, name, mode, rdev),
+            entry_outcome,
         );
+        self.entry(r, reply);
     }
 
     fn mkdir(
@@ -277,22 +434,42 @@ impl Filesystem for RawFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let c = caller(req);
-        self.entry(
-            self.serve("mkdir", |fs| fs.mkdir(&c, ino(parent), name, mode)),
-            reply,
+        let (p, c) = (ino(parent), caller(req));
+        let r = self.call(
+            req,
+            Op::Mkdir,
+            |e, fs| {
+                named(e, fs, p, name);
+                e.mode = Some(mode);
+            },
+            |fs| fs.mkdir(&c, p, name, mode),
+            entry_outcome,
         );
+        self.entry(r, reply);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(
-            self.serve("unlink", |fs| fs.unlink(ino(parent), name)),
-            reply,
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let p = ino(parent);
+        let r = self.call(
+            req,
+            Op::Unlink,
+            |e, fs| named(e, fs, p, name),
+            |fs| fs.unlink(p, name),
+            |e, victim| e.node = Some(*victim),
         );
+        Self::empty(r, reply);
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(self.serve("rmdir", |fs| fs.rmdir(ino(parent), name)), reply);
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let p = ino(parent);
+        let r = self.call(
+            req,
+            Op::Rmdir,
+            |e, fs| named(e, fs, p, name),
+            |fs| fs.rmdir(p, name),
+            |e, victim| e.node = Some(*victim),
+        );
+        Self::empty(r, reply);
     }
 
     fn symlink(
@@ -303,16 +480,23 @@ impl Filesystem for RawFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let c = caller(req);
-        let r = self.serve("symlink", |fs| {
-            fs.symlink(&c, ino(parent), link_name, target.as_os_str())
-        });
+        let (p, c) = (ino(parent), caller(req));
+        let r = self.call(
+            req,
+            Op::Symlink,
+            |e, fs| {
+                named(e, fs, p, link_name);
+                e.name = Some(lossy(target.as_os_str()));
+            },
+            |fs| fs.symlink(&c, p, link_name, target.as_os_str()),
+            entry_outcome,
+        );
         self.entry(r, reply);
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -320,55 +504,104 @@ impl Filesystem for RawFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self.serve("rename", |fs| {
-            let mode = if flags.is_empty() {
-                RenameMode::Replace
-            } else if flags == RenameFlags::RENAME_NOREPLACE {
-                RenameMode::NoReplace
-            } else if flags == RenameFlags::RENAME_EXCHANGE {
-                RenameMode::Exchange
-            } else {
-                return Err(Errno::EINVAL);
-            };
-            fs.rename(ino(parent), name, ino(newparent), newname, mode)
-        });
+        let (p, np) = (ino(parent), ino(newparent));
+        let r = self.call(
+            req,
+            Op::Rename,
+            |e, fs| {
+                named(e, fs, p, name);
+                e.ino2 = Some(np);
+                e.path2 = fs.name_path(np, newname);
+                e.flags = Some(flags.bits() as i32);
+            },
+            |fs| {
+                let mode = if flags.is_empty() {
+                    RenameMode::Replace
+                } else if flags == RenameFlags::RENAME_NOREPLACE {
+                    RenameMode::NoReplace
+                } else if flags == RenameFlags::RENAME_EXCHANGE {
+                    RenameMode::Exchange
+                } else {
+                    return Err(Errno::EINVAL);
+                };
+                fs.rename(p, name, np, newname, mode)
+            },
+            |e, done| {
+                e.node = Some(done.node);
+                e.out_ino = done.replaced;
+            },
+        );
         Self::empty(r, reply);
     }
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            self.serve("link", |fs| fs.link(ino(i), ino(newparent), newname)),
-            reply,
+        let (i, np) = (ino(i), ino(newparent));
+        let r = self.call(
+            req,
+            Op::Link,
+            |e, fs| {
+                on_inode(e, fs, i);
+                e.node = Some(i);
+                e.ino2 = Some(np);
+                e.path2 = fs.name_path(np, newname);
+            },
+            |fs| fs.link(i, np, newname),
+            entry_outcome,
         );
+        self.entry(r, reply);
     }
 
-    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.serve("open", |fs| fs.open(ino(i), flags.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags()),
-            Err(e) => reply.error(err(e)),
-        }
+    fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let r = self.call(
+            req,
+            Op::Open,
+            |e, fs| {
+                on_inode(e, fs, ino(i));
+                e.flags = Some(flags.0);
+            },
+            |fs| fs.open(ino(i), flags.0),
+            |e, fh| e.out_fh = Some(*fh),
+        );
+        self.opened(r, self.open_flags(), reply);
     }
 
     fn read(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        i: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.serve("read", |fs| fs.read(fh.0, offset, size)) {
-            Ok(d) => reply.data(&d),
+        let r = self.call(
+            req,
+            Op::Read,
+            |e, fs| {
+                on_handle(e, fs, ino(i), fh.0);
+                e.flags = Some(flags.0);
+                e.offset = Some(offset as i64);
+                e.size = Some(size.into());
+            },
+            |fs| fs.read_at(fh.0, offset, size),
+            |e, (data, file_size)| {
+                let n = data.len() as u64;
+                e.returned = Some(n);
+                e.file_size = Some(*file_size);
+                e.short = n < u64::from(size) && offset + n < *file_size;
+            },
+        );
+        match r {
+            Ok((d, _)) => reply.data(&d),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -376,17 +609,32 @@ impl Filesystem for RawFs {
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        i: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let c = caller(req);
-        match self.serve("write", |fs| fs.write(&c, fh.0, offset, data)) {
+        let r = self.call(
+            req,
+            Op::Write,
+            |e, fs| {
+                on_handle(e, fs, ino(i), fh.0);
+                e.flags = Some(flags.0);
+                e.offset = Some(offset as i64);
+                e.size = Some(data.len() as u64);
+            },
+            |fs| fs.write(&c, fh.0, offset, data),
+            |e, n| {
+                e.returned = Some(u64::from(*n));
+                e.short = (*n as usize) < data.len();
+            },
+        );
+        match r {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
         }
@@ -394,58 +642,92 @@ impl Filesystem for RawFs {
 
     fn flush(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        i: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        Self::empty(
-            self.serve("flush", |fs| fs.handle_flags(fh.0).map(|_| ())),
-            reply,
+        let r = self.call(
+            req,
+            Op::Flush,
+            |e, fs| on_handle(e, fs, ino(i), fh.0),
+            |fs| fs.handle_flags(fh.0),
+            nothing,
         );
+        Self::empty(r, reply);
     }
 
     fn release(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        i: INodeNo,
         fh: FileHandle,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.serve("release", |fs| fs.release(fh.0)), reply);
+        let r = self.call(
+            req,
+            Op::Release,
+            |e, fs| {
+                on_handle(e, fs, ino(i), fh.0);
+                e.flags = Some(flags.0);
+            },
+            |fs| fs.release(fh.0),
+            nothing,
+        );
+        Self::empty(r, reply);
     }
 
-    fn fsync(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        Self::empty(self.serve("fsync", |fs| fs.fsync(fh.0)), reply);
+    fn fsync(&self, req: &Request, i: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let r = self.call(
+            req,
+            Op::Fsync,
+            |e, fs| {
+                on_handle(e, fs, ino(i), fh.0);
+                e.flags = Some(i32::from(datasync));
+            },
+            |fs| fs.fsync(fh.0),
+            nothing,
+        );
+        Self::empty(r, reply);
     }
 
-    fn opendir(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.serve("opendir", |fs| fs.opendir(ino(i), flags.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(err(e)),
-        }
+    fn opendir(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let r = self.call(
+            req,
+            Op::Opendir,
+            |e, fs| {
+                on_inode(e, fs, ino(i));
+                e.flags = Some(flags.0);
+            },
+            |fs| fs.opendir(ino(i), flags.0),
+            |e, fh| e.out_fh = Some(*fh),
+        );
+        self.opened(r, FopenFlags::empty(), reply);
     }
 
     fn readdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        i: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.serve("readdir", |fs| fs.readdir(fh.0, offset)) {
+        let r = self.call(
+            req,
+            Op::Readdir,
+            |e, fs| {
+                on_handle(e, fs, ino(i), fh.0);
+                e.offset = Some(offset as i64);
+            },
+            |fs| fs.readdir(fh.0, offset),
+            nothing,
+        );
+        match r {
             Ok(entries) => {
                 for e in entries {
                     if reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), &e.name) {
@@ -460,28 +742,52 @@ impl Filesystem for RawFs {
 
     fn releasedir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        i: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.serve("releasedir", |fs| fs.releasedir(fh.0)), reply);
+        let r = self.call(
+            req,
+            Op::Releasedir,
+            |e, fs| on_handle(e, fs, ino(i), fh.0),
+            |fs| fs.releasedir(fh.0),
+            nothing,
+        );
+        Self::empty(r, reply);
     }
 
     fn fsyncdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        i: INodeNo,
         fh: FileHandle,
-        _datasync: bool,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.serve("fsyncdir", |fs| fs.fsync(fh.0)), reply);
+        let r = self.call(
+            req,
+            Op::Fsyncdir,
+            |e, fs| {
+                on_handle(e, fs, ino(i), fh.0);
+                e.flags = Some(i32::from(datasync));
+            },
+            |fs| fs.fsync(fh.0),
+            nothing,
+        );
+        Self::empty(r, reply);
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.serve("statfs", |fs| Ok(fs.statfs())) {
+    fn statfs(&self, req: &Request, i: INodeNo, reply: ReplyStatfs) {
+        let r = self.call(
+            req,
+            Op::Statfs,
+            |e, fs| on_inode(e, fs, ino(i)),
+            |fs| Ok(fs.statfs()),
+            nothing,
+        );
+        match r {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
             ),
@@ -491,7 +797,7 @@ impl Filesystem for RawFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -499,41 +805,73 @@ impl Filesystem for RawFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        Self::empty(
-            self.serve("setxattr", |fs| fs.setxattr(ino(i), name, value, flags)),
-            reply,
+        let r = self.call(
+            req,
+            Op::Setxattr,
+            |e, fs| {
+                on_inode(e, fs, ino(i));
+                e.name = Some(lossy(name));
+                e.flags = Some(flags);
+                e.size = Some(value.len() as u64);
+            },
+            |fs| fs.setxattr(ino(i), name, value, flags),
+            nothing,
         );
+        Self::empty(r, reply);
     }
 
-    fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        Self::xattr_reply(
-            self.serve("getxattr", |fs| fs.getxattr(ino(i), name)),
+    fn getxattr(&self, req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.xattr(
+            req,
+            Op::Getxattr,
+            |e, fs| {
+                on_inode(e, fs, ino(i));
+                e.name = Some(lossy(name));
+            },
             size,
+            |fs| fs.getxattr(ino(i), name),
             reply,
         );
     }
 
-    fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
-        Self::xattr_reply(
-            self.serve("listxattr", |fs| fs.listxattr(ino(i))),
+    fn listxattr(&self, req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+        self.xattr(
+            req,
+            Op::Listxattr,
+            |e, fs| on_inode(e, fs, ino(i)),
             size,
+            |fs| fs.listxattr(ino(i)),
             reply,
         );
     }
 
-    fn removexattr(&self, _req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(
-            self.serve("removexattr", |fs| fs.removexattr(ino(i), name)),
-            reply,
+    fn removexattr(&self, req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.call(
+            req,
+            Op::Removexattr,
+            |e, fs| {
+                on_inode(e, fs, ino(i));
+                e.name = Some(lossy(name));
+            },
+            |fs| fs.removexattr(ino(i), name),
+            nothing,
         );
+        Self::empty(r, reply);
     }
 
     fn access(&self, req: &Request, i: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let c = caller(req);
-        Self::empty(
-            self.serve("access", |fs| fs.access(&c, ino(i), mask.bits())),
-            reply,
+        let r = self.call(
+            req,
+            Op::Access,
+            |e, fs| {
+                on_inode(e, fs, ino(i));
+                e.flags = Some(mask.bits());
+            },
+            |fs| fs.access(&c, ino(i), mask.bits()),
+            nothing,
         );
+        Self::empty(r, reply);
     }
 
     fn create(
@@ -546,8 +884,22 @@ impl Filesystem for RawFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let c = caller(req);
-        match self.serve("create", |fs| fs.create(&c, ino(parent), name, mode, flags)) {
+        let (p, c) = (ino(parent), caller(req));
+        let r = self.call(
+            req,
+            Op::Create,
+            |e, fs| {
+                named(e, fs, p, name);
+                e.flags = Some(flags);
+                e.mode = Some(mode);
+            },
+            |fs| fs.create(&c, p, name, mode, flags),
+            |e, (a, fh)| {
+                e.out_ino = Some(a.ino);
+                e.out_fh = Some(*fh);
+            },
+        );
+        match r {
             Ok((a, fh)) => reply.created(
                 &self.ttl,
                 &file_attr(&a),
@@ -561,38 +913,60 @@ impl Filesystem for RawFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        i: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = self.serve("fallocate", |fs| {
-            const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
-            const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-            let op = match mode {
-                0 => Allocate::Extend,
-                KEEP => Allocate::KeepSize,
-                PUNCH => Allocate::PunchHole,
-                _ => return Err(Errno::EOPNOTSUPP),
-            };
-            fs.fallocate(fh.0, offset, length, op)
-        });
+        let r = self.call(
+            req,
+            Op::Fallocate,
+            |e, fs| {
+                on_handle(e, fs, ino(i), fh.0);
+                e.flags = Some(mode);
+                e.offset = Some(offset as i64);
+                e.size = Some(length);
+            },
+            |fs| {
+                const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+                const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                let op = match mode {
+                    0 => Allocate::Extend,
+                    KEEP => Allocate::KeepSize,
+                    PUNCH => Allocate::PunchHole,
+                    _ => return Err(Errno::EOPNOTSUPP),
+                };
+                fs.fallocate(fh.0, offset, length, op)
+            },
+            nothing,
+        );
         Self::empty(r, reply);
     }
 
     fn lseek(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        i: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.serve("lseek", |fs| fs.lseek(fh.0, offset, whence)) {
+        let r = self.call(
+            req,
+            Op::Lseek,
+            |e, fs| {
+                on_handle(e, fs, ino(i), fh.0);
+                e.offset = Some(offset);
+                e.flags = Some(whence);
+            },
+            |fs| fs.lseek(fh.0, offset, whence),
+            |e, o| e.out_offset = Some(*o),
+        );
+        match r {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(err(e)),
         }
@@ -601,10 +975,10 @@ impl Filesystem for RawFs {
     fn copy_file_range(
         &self,
         req: &Request,
-        _ino_in: INodeNo,
+        ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
@@ -612,12 +986,73 @@ impl Filesystem for RawFs {
         reply: ReplyWrite,
     ) {
         let c = caller(req);
-        let r = self.serve("copy_file_range", |fs| {
-            fs.copy_file_range(&c, fh_in.0, offset_in, fh_out.0, offset_out, len)
-        });
+        let r = self.call(
+            req,
+            Op::CopyFileRange,
+            |e, fs| {
+                on_handle(e, fs, ino(ino_in), fh_in.0);
+                e.ino2 = Some(ino(ino_out));
+                e.path2 = fs.path(ino(ino_out));
+                e.fh2 = Some(fh_out.0);
+                e.offset = Some(offset_in as i64);
+                e.size = Some(len);
+            },
+            |fs| fs.copy_file_range(&c, fh_in.0, offset_in, fh_out.0, offset_out, len),
+            |e, n| e.returned = Some(u64::from(*n)),
+        );
         match r {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // No ioctl is supported, as on tmpfs for ioctls it does not know: ENOTTY.
+        let r: Result<(), Errno> = self.call(
+            req,
+            Op::Ioctl,
+            |e, fs| {
+                on_handle(e, fs, ino(i), fh.0);
+                e.flags = Some(cmd as i32);
+            },
+            |_| Err(Errno::from_raw(libc::ENOTTY)),
+            nothing,
+        );
+        if let Err(e) = r {
+            reply.error(err(e));
+        }
+    }
+
+    fn poll(
+        &self,
+        req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        // Regular files are always ready: ENOSYS tells the kernel so, once for the mount.
+        let r: Result<(), Errno> = self.call(
+            req,
+            Op::Poll,
+            |e, fs| on_handle(e, fs, ino(i), fh.0),
+            |_| Err(Errno::ENOSYS),
+            nothing,
+        );
+        if let Err(e) = r {
+            reply.error(err(e));
         }
     }
 }

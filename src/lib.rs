@@ -8,12 +8,14 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cli;
+pub mod control;
 pub mod errno;
 pub mod fs;
 pub mod fuse;
 pub mod harness;
 pub mod mount;
 pub mod registry;
+pub mod trace;
 
 pub use errno::Errno;
 pub use harness::TempMount;

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use log::{info, warn};
 
+use crate::control::{Served, Server};
 use crate::fs::{Fs, FsOptions};
 use crate::fuse::{CacheMode, RawFs};
+use crate::trace::recorder::{Recorder, Store, TraceConfig};
 
 /// What a mount looks like; the same from the CLI and from the library.
 #[derive(Clone, Debug)]
@@ -27,6 +29,8 @@ pub struct MountConfig {
     pub size: Option<u64>,
     /// Threads serving requests.
     pub threads: usize,
+    /// What the trace keeps and where it writes.
+    pub trace: TraceConfig,
 }
 
 impl Default for MountConfig {
@@ -35,6 +39,7 @@ impl Default for MountConfig {
             cache: CacheMode::Direct,
             size: None,
             threads: 4,
+            trace: TraceConfig::default(),
         }
     }
 }
@@ -124,6 +129,8 @@ pub fn preflight(mountpoint: &Path) -> Result<(), MountError> {
 pub struct Mounted {
     mountpoint: PathBuf,
     fs: Arc<Fs>,
+    recorder: Option<Arc<Recorder>>,
+    control: Option<Server>,
     unmounter: Option<SessionUnmounter>,
     thread: Option<JoinHandle<io::Result<()>>>,
     /// The kernel's id for this connection (the minor device number of the mount).
@@ -157,7 +164,14 @@ impl Mounted {
             SessionACL::Owner
         };
         fuse_config.n_threads = Some(config.threads.max(1));
-        let adapter = RawFs::new(fs.clone(), config.cache);
+        let recorder = if config.trace.capacity > 0 {
+            let abs = crate::registry::absolute(mountpoint).unwrap_or(mountpoint.to_path_buf());
+            let r = Recorder::start(&config.trace, &abs).map_err(|e| MountError(e.to_string()))?;
+            Some(Arc::new(r))
+        } else {
+            None
+        };
+        let adapter = RawFs::new(fs.clone(), config.cache, recorder.clone());
         let mut session = Session::new(adapter, mountpoint, &fuse_config).map_err(|e| {
             let shown = mountpoint.display();
             match e.raw_os_error() {
@@ -173,6 +187,18 @@ impl Mounted {
             .name("rawfs-session".into())
             .spawn(move || session.run())
             .map_err(|e| MountError(format!("cannot start the session thread: {e}")))?;
+        let control = match Server::start(Served {
+            fs: fs.clone(),
+            recorder: recorder.clone(),
+            mountpoint: crate::registry::absolute(mountpoint).unwrap_or(mountpoint.to_path_buf()),
+            started: Instant::now(),
+        }) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("no control socket for {}: {e}", mountpoint.display());
+                None
+            }
+        };
         let connection = std::fs::metadata(mountpoint)
             .ok()
             .map(|m| libc::minor(m.dev()));
@@ -185,6 +211,8 @@ impl Mounted {
         Ok(Mounted {
             mountpoint: mountpoint.to_path_buf(),
             fs,
+            recorder,
+            control,
             unmounter: Some(unmounter),
             thread: Some(thread),
             connection,
@@ -199,6 +227,16 @@ impl Mounted {
     /// The tree being served.
     pub fn fs(&self) -> &Arc<Fs> {
         &self.fs
+    }
+
+    /// The recorder, unless recording is off (trace capacity 0).
+    pub fn recorder(&self) -> Option<&Arc<Recorder>> {
+        self.recorder.as_ref()
+    }
+
+    /// The trace buffer, unless recording is off.
+    pub fn trace(&self) -> Option<&Arc<Store>> {
+        self.recorder.as_ref().map(|r| r.store())
     }
 
     /// False once the session has ended (for instance after an external `umount`).
@@ -216,6 +254,8 @@ impl Mounted {
         let Some(thread) = self.thread.take() else {
             return Ok(());
         };
+        // Followers of the trace see the end once the session is gone; new clients are refused.
+        let control = self.control.take();
         let mut first_error = None;
         if let Some(mut u) = self.unmounter.take() {
             if let Err(e) = u.unmount() {
@@ -250,6 +290,7 @@ impl Mounted {
             Ok(Err(e)) => warn!("session for {} ended with {e}", self.mountpoint.display()),
             Err(_) => warn!("session thread for {} panicked", self.mountpoint.display()),
         }
+        drop(control);
         info!("unmounted rawfs from {}", self.mountpoint.display());
         first_error.map_or(Ok(()), Err)
     }

@@ -58,6 +58,11 @@ impl Entry {
         self.with_suffix(".pid")
     }
 
+    /// Control socket of the daemon (see `control`).
+    pub fn socket_file(&self) -> PathBuf {
+        self.with_suffix(".sock")
+    }
+
     /// Log file of a daemon started with `--daemon`.
     pub fn log_file(&self) -> PathBuf {
         self.with_suffix(".log")

@@ -984,7 +984,7 @@ impl FsDriver {
             }
             Op::Rmdir { path } => {
                 let (p, name) = self.resolve_parent(path)?;
-                self.fs.rmdir(p, name).map(|()| Value::Done)
+                self.fs.rmdir(p, name).map(|_| Value::Done)
             }
             Op::Create {
                 path,
@@ -1041,7 +1041,7 @@ impl FsDriver {
             }
             Op::Unlink { path } => {
                 let (p, name) = self.resolve_parent(path)?;
-                self.fs.unlink(p, name).map(|()| Value::Done)
+                self.fs.unlink(p, name).map(|_| Value::Done)
             }
             Op::Rename { from, to, mode } => {
                 let (p, name) = self.resolve_parent(from)?;
@@ -1053,7 +1053,7 @@ impl FsDriver {
                 };
                 self.fs
                     .rename(p, name, np, newname, mode)
-                    .map(|()| Value::Done)
+                    .map(|_| Value::Done)
             }
             Op::Link { from, to } => {
                 let ino = self.resolve(from)?;

@@ -1,0 +1,506 @@
+//! The control socket: each mount listens on a Unix socket (owner-only) in the runtime
+//! directory, and speaks a small, versioned, line-delimited JSON protocol. The protocol types
+//! live here and are shared by the server (in the daemon), the client (the CLI) and anyone
+//! else; docs/control.md describes them.
+//!
+//! A request is one JSON object on one line: `{"v":1,"cmd":"status"}`, with an optional
+//! `"id"` echoed in the answer. Every request gets an answer line with `"ok": true` (and the
+//! command's fields) or `"ok": false` and an `"error"` saying what was wrong. `trace` then
+//! streams `{"event":{...}}` lines and ends with `{"end":true,...}`.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::fs::Fs;
+use crate::registry::Entry;
+use crate::trace::Event;
+use crate::trace::recorder::{Counts, Recorder};
+
+/// Protocol version this build speaks.
+pub const PROTOCOL_VERSION: u64 = 1;
+/// Longest request line accepted, in bytes.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// A command sent to the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Who is there: versions and the daemon's pid.
+    Hello,
+    /// Uptime, requests served, trace counters, tree size.
+    Status,
+    /// The buffered events after sequence number `since`; with `follow`, keep streaming new
+    /// ones until the client closes the connection or the mount ends.
+    Trace {
+        /// Only events with a greater sequence number.
+        #[serde(default)]
+        since: u64,
+        /// Keep streaming.
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Empty the in-memory trace buffer.
+    TraceClear,
+}
+
+/// Answer to `status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Mount point.
+    pub mountpoint: String,
+    /// Daemon pid.
+    pub pid: u32,
+    /// rawfs version.
+    pub version: String,
+    /// Milliseconds since the mount started.
+    pub uptime_ms: u64,
+    /// Requests served (numbered events).
+    pub requests: u64,
+    /// Trace counters; absent when recording is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Counts>,
+    /// Events in the in-memory buffer.
+    pub buffered: u64,
+    /// Live inodes.
+    pub inodes: u64,
+    /// Bytes of file data allocated.
+    pub bytes_used: u64,
+}
+
+/// What the server needs to answer.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The tree.
+    pub fs: Arc<Fs>,
+    /// The recorder, if recording is on.
+    pub recorder: Option<Arc<Recorder>>,
+    /// Mount point.
+    pub mountpoint: PathBuf,
+    /// When the mount started.
+    pub started: Instant,
+}
+
+/// The listening socket of one mount; removed when dropped.
+#[derive(Debug)]
+pub struct Server {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Where the control socket of the mount on `mountpoint` lives.
+pub fn socket_path(mountpoint: &Path) -> io::Result<PathBuf> {
+    Ok(Entry::for_mountpoint(mountpoint)?.socket_file())
+}
+
+impl Server {
+    /// Listens on the mount's socket path (replacing a stale socket file).
+    pub fn start(served: Served) -> io::Result<Server> {
+        let path = socket_path(&served.mountpoint)?;
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("rawfs-control".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if thread_stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match conn {
+                        Ok(stream) => {
+                            let served = served.clone();
+                            let stop = thread_stop.clone();
+                            let _ = std::thread::Builder::new()
+                                .name("rawfs-client".into())
+                                .spawn(move || handle(stream, &served, &stop));
+                        }
+                        Err(e) => warn!("control socket accept failed: {e}"),
+                    }
+                }
+            })?;
+        Ok(Server {
+            path,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so that it sees the flag.
+        let _ = UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Reads one request line of at most [`MAX_LINE`] bytes. `Ok(None)` at end of input.
+fn read_line(r: &mut impl BufRead) -> io::Result<Option<Result<String, String>>> {
+    let mut buf = Vec::new();
+    let n = r.take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    // A last line without a newline is accepted; an over-long one is skipped to its end.
+    if buf.last() != Some(&b'\n') && buf.len() > MAX_LINE {
+        r.skip_until(b'\n')?;
+        return Ok(Some(Err(format!(
+            "request line longer than {MAX_LINE} bytes"
+        ))));
+    }
+    Ok(Some(
+        String::from_utf8(buf).map_err(|_| "request is not UTF-8".to_string()),
+    ))
+}
+
+/// Parses one request line into its id and command, or an error naming what was wrong.
+pub fn parse_request(line: &str) -> (Option<Value>, Result<Command, String>) {
+    let value: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return (None, Err(format!("request is not JSON: {e}"))),
+    };
+    let Value::Object(mut map) = value else {
+        return (None, Err("request must be a JSON object".into()));
+    };
+    let id = map.remove("id");
+    match map.remove("v") {
+        Some(Value::Number(n)) if n.as_u64() == Some(PROTOCOL_VERSION) => {}
+        Some(other) => {
+            return (
+                id,
+                Err(format!(
+                    "unsupported protocol version {other} (this daemon speaks 1)"
+                )),
+            );
+        }
+        None => {
+            return (
+                id,
+                Err("missing protocol version \"v\" (use \"v\": 1)".into()),
+            );
+        }
+    }
+    if !map.contains_key("cmd") {
+        return (id, Err("missing \"cmd\"".into()));
+    }
+    let cmd = serde_json::from_value::<Command>(Value::Object(map)).map_err(|e| e.to_string());
+    (id, cmd)
+}
+
+fn answer(id: &Option<Value>, ok: bool, fields: Value) -> Value {
+    let mut m = Map::new();
+    m.insert("v".into(), json!(PROTOCOL_VERSION));
+    if let Some(id) = id {
+        m.insert("id".into(), id.clone());
+    }
+    m.insert("ok".into(), json!(ok));
+    if let Value::Object(f) = fields {
+        m.extend(f);
+    }
+    Value::Object(m)
+}
+
+fn send(w: &mut impl Write, v: &Value) -> io::Result<()> {
+    serde_json::to_writer(&mut *w, v)?;
+    w.write_all(b"\n")?;
+    w.flush()
+}
+
+fn handle(stream: UnixStream, served: &Served, stop: &AtomicBool) {
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut writer = io::BufWriter::new(stream);
+    loop {
+        let line = match read_line(&mut reader) {
+            Ok(Some(l)) => l,
+            Ok(None) | Err(_) => return,
+        };
+        let result = match line {
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => {
+                let (id, cmd) = parse_request(&line);
+                match cmd {
+                    Ok(cmd) => serve_command(&mut writer, &id, cmd, served, stop),
+                    Err(msg) => send(&mut writer, &answer(&id, false, json!({"error": msg}))),
+                }
+            }
+            Err(msg) => send(&mut writer, &answer(&None, false, json!({"error": msg}))),
+        };
+        if let Err(e) = result {
+            debug!("control client went away: {e}");
+            return;
+        }
+    }
+}
+
+fn status(served: &Served) -> Status {
+    let store = served.recorder.as_ref().map(|r| r.store());
+    Status {
+        mountpoint: served.mountpoint.display().to_string(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_ms: served.started.elapsed().as_millis() as u64,
+        requests: served.recorder.as_ref().map_or(0, |r| r.requests()),
+        trace: store.map(|s| s.counts()),
+        buffered: store.map_or(0, |s| s.len() as u64),
+        inodes: served.fs.inode_count() as u64,
+        bytes_used: served.fs.bytes_used(),
+    }
+}
+
+fn serve_command(
+    w: &mut impl Write,
+    id: &Option<Value>,
+    cmd: Command,
+    served: &Served,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    match cmd {
+        Command::Hello => send(
+            w,
+            &answer(
+                id,
+                true,
+                json!({"protocol": PROTOCOL_VERSION, "version": env!("CARGO_PKG_VERSION"),
+                       "pid": std::process::id()}),
+            ),
+        ),
+        Command::Status => {
+            let fields = serde_json::to_value(status(served)).unwrap_or_default();
+            send(w, &answer(id, true, fields))
+        }
+        Command::TraceClear => match &served.recorder {
+            Some(r) => {
+                let n = r.store().clear();
+                send(w, &answer(id, true, json!({"cleared": n})))
+            }
+            None => send(
+                w,
+                &answer(
+                    id,
+                    false,
+                    json!({"error": "recording is off (trace capacity 0)"}),
+                ),
+            ),
+        },
+        Command::Trace { since, follow } => {
+            let Some(rec) = &served.recorder else {
+                return send(
+                    w,
+                    &answer(
+                        id,
+                        false,
+                        json!({"error": "recording is off (trace capacity 0)"}),
+                    ),
+                );
+            };
+            let store = rec.store();
+            let (events, counts) = store.since(since);
+            send(w, &answer(id, true, json!({"counts": counts})))?;
+            let mut last = since;
+            for e in &events {
+                send_event(w, e)?;
+                last = last.max(e.seq);
+            }
+            while follow && !stop.load(Ordering::Relaxed) {
+                let (events, _, closed) = store.wait_since(last, Duration::from_millis(200));
+                for e in &events {
+                    send_event(w, e)?;
+                    last = last.max(e.seq);
+                }
+                if closed {
+                    break;
+                }
+                // Notice a client that went away even when nothing happens.
+                w.flush()?;
+            }
+            send(w, &json!({"end": true, "counts": store.counts()}))
+        }
+    }
+}
+
+fn send_event(w: &mut impl Write, e: &Event) -> io::Result<()> {
+    serde_json::to_writer(&mut *w, &json!({ "event": e }))?;
+    w.write_all(b"\n")
+}
+
+/// A connection to a mount's daemon.
+#[derive(Debug)]
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    /// Connects to the daemon serving `mountpoint`.
+    pub fn connect(mountpoint: &Path) -> Result<Client, String> {
+        let path = socket_path(mountpoint).map_err(|e| format!("runtime directory: {e}"))?;
+        let stream = UnixStream::connect(&path).map_err(|e| {
+            format!(
+                "no rawfs daemon answers for {} ({}: {e}); is it mounted with rawfs, by this \
+                 user, with the same RAWFS_RUNTIME_DIR?",
+                mountpoint.display(),
+                path.display()
+            )
+        })?;
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        Ok(Client {
+            reader: BufReader::new(stream),
+            writer,
+        })
+    }
+
+    /// Sends a command and returns the answer line (an error if `ok` is false).
+    pub fn request(&mut self, cmd: &Command) -> Result<Value, String> {
+        let mut v = serde_json::to_value(cmd).map_err(|e| e.to_string())?;
+        if let Value::Object(m) = &mut v {
+            m.insert("v".into(), json!(PROTOCOL_VERSION));
+        }
+        send(&mut self.writer, &v).map_err(|e| format!("sending to the daemon: {e}"))?;
+        let answer = self
+            .next_line()?
+            .ok_or("the daemon closed the connection")?;
+        if answer.get("ok") == Some(&Value::Bool(true)) {
+            Ok(answer)
+        } else {
+            Err(answer
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error")
+                .to_string())
+        }
+    }
+
+    /// The next line from the daemon, parsed; `None` when it closed the connection.
+    pub fn next_line(&mut self) -> Result<Option<Value>, String> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|e| format!("reading from the daemon: {e}"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        serde_json::from_str(&line)
+            .map(Some)
+            .map_err(|e| format!("bad answer from the daemon: {e}"))
+    }
+
+    /// Streams trace events after `since` to `each` (return false to stop); with `follow`,
+    /// until the mount ends. Returns the final counters.
+    pub fn trace(
+        &mut self,
+        since: u64,
+        follow: bool,
+        mut each: impl FnMut(Event) -> bool,
+    ) -> Result<Option<Counts>, String> {
+        self.request(&Command::Trace { since, follow })?;
+        while let Some(line) = self.next_line()? {
+            if let Some(e) = line.get("event") {
+                let e: Event = serde_json::from_value(e.clone()).map_err(|e| e.to_string())?;
+                if !each(e) {
+                    return Ok(None);
+                }
+            } else if line.get("end").is_some() {
+                return Ok(line
+                    .get("counts")
+                    .and_then(|c| serde_json::from_value(c.clone()).ok()));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_or_say_what_is_wrong() {
+        let (id, cmd) = parse_request(r#"{"v":1,"id":7,"cmd":"status"}"#);
+        assert_eq!(id, Some(json!(7)));
+        assert_eq!(cmd, Ok(Command::Status));
+        let (_, cmd) = parse_request(r#"{"v":1,"cmd":"trace","since":5}"#);
+        assert_eq!(
+            cmd,
+            Ok(Command::Trace {
+                since: 5,
+                follow: false
+            })
+        );
+        assert!(
+            parse_request("not json")
+                .1
+                .unwrap_err()
+                .contains("not JSON")
+        );
+        assert!(parse_request("[1]").1.unwrap_err().contains("object"));
+        assert!(
+            parse_request(r#"{"cmd":"status"}"#)
+                .1
+                .unwrap_err()
+                .contains("\"v\"")
+        );
+        assert!(
+            parse_request(r#"{"v":2,"cmd":"status"}"#)
+                .1
+                .unwrap_err()
+                .contains("version 2")
+        );
+        assert!(parse_request(r#"{"v":1}"#).1.unwrap_err().contains("cmd"));
+        assert!(
+            parse_request(r#"{"v":1,"cmd":"explode"}"#)
+                .1
+                .unwrap_err()
+                .contains("explode")
+        );
+        let e = parse_request(r#"{"v":1,"cmd":"trace","sincee":5}"#)
+            .1
+            .unwrap_err();
+        assert!(e.contains("sincee"), "{e}");
+    }
+
+    #[test]
+    fn over_long_lines_are_refused_and_the_next_line_still_read() {
+        let mut input = vec![b'x'; MAX_LINE + 10];
+        input.extend_from_slice(b"\n{\"v\":1,\"cmd\":\"hello\"}\n");
+        let mut r = BufReader::new(&input[..]);
+        assert!(
+            read_line(&mut r)
+                .unwrap()
+                .unwrap()
+                .unwrap_err()
+                .contains("longer")
+        );
+        assert_eq!(
+            read_line(&mut r).unwrap().unwrap().unwrap(),
+            "{\"v\":1,\"cmd\":\"hello\"}\n"
+        );
+        assert!(read_line(&mut r).unwrap().is_none());
+    }
+}

@@ -1,0 +1,29 @@
+//! The trace: one [`Event`] per request the kernel sends, recorded cheaply on the request path
+//! ([`recorder`]), kept in a bounded buffer, optionally streamed to a file, and printed as
+//! JSON Lines, strace-like text or Chrome trace-event JSON ([`format`]).
+
+pub mod event;
+pub mod flags;
+pub mod format;
+pub mod recorder;
+pub mod who;
+
+pub use event::{Event, FORMAT_VERSION, Header, Op};
+
+/// Fills the fields derived from others (`flags_str`). Runs off the request path, when an
+/// event is stored.
+pub fn decorate(e: &mut Event) {
+    let Some(f) = e.flags else { return };
+    e.flags_str = Some(match e.op {
+        Op::Rename => flags::rename_flags(f as u32),
+        Op::Setxattr => flags::xattr_flags(f),
+        Op::Fallocate => flags::fallocate_mode(f),
+        Op::Access => flags::access_mask(f),
+        Op::Lseek => match f {
+            libc::SEEK_DATA => "SEEK_DATA".into(),
+            libc::SEEK_HOLE => "SEEK_HOLE".into(),
+            other => other.to_string(),
+        },
+        _ => flags::open_flags(f),
+    });
+}

@@ -1,0 +1,408 @@
+//! The recorder: takes one event per request from the session threads and keeps it.
+//!
+//! The request path only numbers the event (one atomic counter), fills plain fields and hands
+//! it to a bounded channel. A collector thread ("rawfs-trace") decodes flags, appends the
+//! event to the in-memory buffer (the newest `capacity` events) and, when a trace file is set,
+//! writes it as a JSON line. If the channel is full, the overflow policy decides: `Wait`
+//! (the request waits for the collector; nothing is lost) or `Drop` (the event is dropped and
+//! counted). Events evicted from the full buffer are counted too; both counts are reported
+//! with every read of the buffer.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::error;
+
+use super::event::{Event, FORMAT_VERSION, Header, Op};
+use super::who::{Who, WhoCache};
+
+/// Events in flight between the session threads and the collector.
+const CHANNEL: usize = 16 * 1024;
+
+/// What to do when the collector falls behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// The request waits until the collector has room: no event is lost.
+    #[default]
+    Wait,
+    /// The event is dropped and counted.
+    Drop,
+}
+
+/// How a mount records its trace.
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    /// Events kept in memory (the newest ones); 0 turns recording off.
+    pub capacity: usize,
+    /// Also write every event to this file, as JSON Lines.
+    pub file: Option<PathBuf>,
+    /// What to do when the collector falls behind.
+    pub overflow: Overflow,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        TraceConfig {
+            capacity: 100_000,
+            file: None,
+            overflow: Overflow::Wait,
+        }
+    }
+}
+
+/// Counters that say whether the buffer holds everything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    /// Events recorded since the mount started.
+    pub recorded: u64,
+    /// Events dropped because the collector fell behind (overflow policy `drop`).
+    pub dropped: u64,
+    /// Events pushed out of the full in-memory buffer (still in the trace file, if any).
+    pub evicted: u64,
+    /// Events removed by a clear.
+    pub cleared: u64,
+    /// Events that could not be written to the trace file.
+    pub write_errors: u64,
+}
+
+/// The in-memory buffer, shared by the collector and the readers.
+#[derive(Debug)]
+pub struct Store {
+    inner: Mutex<StoreInner>,
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+struct StoreInner {
+    events: VecDeque<Event>,
+    capacity: usize,
+    counts: Counts,
+    /// The collector has exited: no event will arrive any more.
+    closed: bool,
+}
+
+impl Store {
+    fn new(capacity: usize) -> Store {
+        Store {
+            inner: Mutex::new(StoreInner {
+                events: VecDeque::new(),
+                capacity,
+                counts: Counts::default(),
+                closed: false,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StoreInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every buffered event with `seq > after`, in sequence order, and the counters.
+    pub fn since(&self, after: u64) -> (Vec<Event>, Counts) {
+        let s = self.lock();
+        let mut out: Vec<Event> = s.events.iter().filter(|e| e.seq > after).cloned().collect();
+        out.sort_by_key(|e| e.seq);
+        (out, s.counts)
+    }
+
+    /// Like [`Store::since`], but waits up to `timeout` for at least one new event. Returns
+    /// an empty list on timeout or once the store is closed.
+    pub fn wait_since(&self, after: u64, timeout: Duration) -> (Vec<Event>, Counts, bool) {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        loop {
+            if s.events.iter().any(|e| e.seq > after) || s.closed {
+                let closed = s.closed;
+                drop(s);
+                let (ev, counts) = self.since(after);
+                return (ev, counts, closed);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return (Vec::new(), s.counts, false);
+            }
+            s = self
+                .changed
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Empties the buffer (the trace file keeps everything); returns how many were removed.
+    pub fn clear(&self) -> u64 {
+        let mut s = self.lock();
+        let n = s.events.len() as u64;
+        s.events.clear();
+        s.counts.cleared += n;
+        n
+    }
+
+    /// The counters.
+    pub fn counts(&self) -> Counts {
+        self.lock().counts
+    }
+
+    /// Number of events buffered now.
+    pub fn len(&self) -> usize {
+        self.lock().events.len()
+    }
+
+    /// True if no event is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until the collector has stored every event and exited (after unmount), or
+    /// `timeout` passes. True if it has.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        while !s.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    fn push(&self, e: Event) {
+        let mut s = self.lock();
+        s.counts.recorded += 1;
+        if s.events.len() >= s.capacity {
+            s.events.pop_front();
+            s.counts.evicted += 1;
+        }
+        s.events.push_back(e);
+        drop(s);
+        self.changed.notify_all();
+    }
+}
+
+/// Numbers, fills and hands over events; owned by the FUSE adapter.
+#[derive(Debug)]
+pub struct Recorder {
+    seq: AtomicU64,
+    epoch: Instant,
+    who: WhoCache,
+    tx: Option<SyncSender<Event>>,
+    overflow: Overflow,
+    dropped: AtomicU64,
+    store: Arc<Store>,
+    collector: Option<JoinHandle<()>>,
+    /// Who opened each live file handle: the kernel sends some requests on a handle (release,
+    /// and writeback) on its own, with no caller, and those are credited to the opener.
+    openers: Vec<Mutex<HashMap<u64, Who>>>,
+}
+
+const OPENER_SHARDS: usize = 16;
+
+/// An event being built for one request.
+#[derive(Debug)]
+pub struct Pending {
+    /// The event; the adapter fills the operation's fields.
+    pub event: Event,
+    start: Instant,
+}
+
+impl Recorder {
+    /// Starts recording with `config` for a mount on `mountpoint`. Fails only if the trace
+    /// file cannot be created.
+    pub fn start(config: &TraceConfig, mountpoint: &Path) -> io::Result<Recorder> {
+        let store = Arc::new(Store::new(config.capacity.max(1)));
+        let mut file = match &config.file {
+            Some(p) => Some(BufWriter::new(File::create(p).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot create trace file {}: {e}", p.display()),
+                )
+            })?)),
+            None => None,
+        };
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        if let Some(f) = &mut file {
+            let header = Header {
+                rawfs_trace: FORMAT_VERSION,
+                rawfs_version: env!("CARGO_PKG_VERSION").to_string(),
+                mountpoint: mountpoint.display().to_string(),
+                started_unix_ns: started.as_nanos(),
+            };
+            write_line(f, &header)?;
+            f.flush()?;
+        }
+        let (tx, rx) = mpsc::sync_channel(CHANNEL);
+        let collector_store = store.clone();
+        let collector = std::thread::Builder::new()
+            .name("rawfs-trace".into())
+            .spawn(move || collect(rx, &collector_store, file))?;
+        Ok(Recorder {
+            seq: AtomicU64::new(0),
+            epoch: Instant::now(),
+            who: WhoCache::default(),
+            tx: Some(tx),
+            overflow: config.overflow,
+            dropped: AtomicU64::new(0),
+            store,
+            collector: Some(collector),
+            openers: (0..OPENER_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        })
+    }
+
+    /// The buffer readers use.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Requests served so far (numbered events).
+    pub fn requests(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed)
+    }
+
+    /// Starts the event of a request from thread `tid`.
+    pub fn begin(&self, op: Op, tid: u32, uid: u32, gid: u32) -> Pending {
+        let start = Instant::now();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let who = self.who.lookup(tid);
+        Pending {
+            event: Event {
+                seq,
+                ts_ns: start.duration_since(self.epoch).as_nanos() as u64,
+                tid,
+                pid: who.pid,
+                comm: who.comm,
+                uid,
+                gid,
+                op,
+                ..Event::default()
+            },
+            start,
+        }
+    }
+
+    /// Completes an event and hands it to the collector.
+    pub fn finish(&self, mut p: Pending) {
+        p.event.dur_ns = p.start.elapsed().as_nanos() as u64;
+        self.credit_opener(&mut p.event);
+        let Some(tx) = &self.tx else { return };
+        match self.overflow {
+            Overflow::Wait => {
+                let _ = tx.send(p.event);
+            }
+            Overflow::Drop => {
+                if let Err(TrySendError::Full(_)) = tx.try_send(p.event) {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    let mut s = self.store.lock();
+                    s.counts.dropped = self.dropped.load(Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl Recorder {
+    fn openers(&self, fh: u64) -> MutexGuard<'_, HashMap<u64, Who>> {
+        self.openers[fh as usize % OPENER_SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers who opened a handle, and credits requests the kernel makes on its own
+    /// (tid 0) on that handle to the opener.
+    fn credit_opener(&self, e: &mut Event) {
+        if let (Some(fh), true) = (e.out_fh, e.errno.is_none()) {
+            self.openers(fh).insert(
+                fh,
+                Who {
+                    pid: e.pid,
+                    comm: e.comm.clone(),
+                },
+            );
+        }
+        let Some(fh) = e.fh else { return };
+        let closing = matches!(e.op, Op::Release | Op::Releasedir);
+        if e.tid != 0 && !closing {
+            return;
+        }
+        let mut map = self.openers(fh);
+        let who = if closing {
+            map.remove(&fh)
+        } else {
+            map.get(&fh).cloned()
+        };
+        if let (Some(who), 0) = (who, e.tid) {
+            e.pid = who.pid;
+            e.comm = who.comm;
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        // Closing the channel lets the collector drain what is left, flush and exit.
+        self.tx.take();
+        if let Some(c) = self.collector.take() {
+            let _ = c.join();
+        }
+    }
+}
+
+fn collect(rx: Receiver<Event>, store: &Store, mut file: Option<BufWriter<File>>) {
+    loop {
+        let mut e = match rx.try_recv() {
+            Ok(e) => e,
+            Err(mpsc::TryRecvError::Empty) => {
+                // Idle: make what was written visible before blocking.
+                flush(&mut file, store);
+                match rx.recv() {
+                    Ok(e) => e,
+                    Err(_) => break,
+                }
+            }
+            Err(mpsc::TryRecvError::Disconnected) => break,
+        };
+        super::decorate(&mut e);
+        if let Some(f) = &mut file {
+            if let Err(err) = write_line(f, &e) {
+                error!("trace file write failed: {err}");
+                store.lock().counts.write_errors += 1;
+            }
+        }
+        store.push(e);
+    }
+    flush(&mut file, store);
+    store.lock().closed = true;
+    store.changed.notify_all();
+}
+
+/// One JSON Lines record.
+fn write_line(w: &mut impl Write, value: &impl serde::Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *w, value)?;
+    w.write_all(b"\n")
+}
+
+fn flush(file: &mut Option<BufWriter<File>>, store: &Store) {
+    if let Some(f) = file {
+        if let Err(err) = f.flush() {
+            error!("trace file flush failed: {err}");
+            store.lock().counts.write_errors += 1;
+        }
+    }
+}

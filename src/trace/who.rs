@@ -1,0 +1,122 @@
+//! Who sent a request: the process id and command name of the calling thread, read from
+//! /proc once and then cached, so that the request path reads /proc only for a thread it has
+//! not seen lately.
+//!
+//! Entries expire after [`TTL`], which bounds how long a name can be stale after an exec
+//! (for up to that long after `execve`, requests may still carry the old command name).
+//! The cache is sharded by thread id so that session threads rarely share a lock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a cached process id and name are trusted.
+pub const TTL: Duration = Duration::from_millis(20);
+const SHARDS: usize = 16;
+/// Shard size past which expired entries are swept.
+const SWEEP_AT: usize = 1024;
+
+/// A caller's process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Who {
+    /// Process id (thread group id); 0 if the thread was gone.
+    pub pid: u32,
+    /// Command name of the process; empty if unknown.
+    pub comm: Arc<str>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    who: Who,
+    fetched: Instant,
+}
+
+/// Thread id to process cache.
+#[derive(Debug)]
+pub struct WhoCache {
+    shards: Vec<Mutex<HashMap<u32, Entry>>>,
+    unknown: Arc<str>,
+}
+
+impl Default for WhoCache {
+    fn default() -> Self {
+        WhoCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            unknown: Arc::from(""),
+        }
+    }
+}
+
+impl WhoCache {
+    /// The process of thread `tid` (0 means the kernel itself: no process).
+    pub fn lookup(&self, tid: u32) -> Who {
+        if tid == 0 {
+            return Who {
+                pid: 0,
+                comm: self.unknown.clone(),
+            };
+        }
+        let shard = &self.shards[tid as usize % SHARDS];
+        let now = Instant::now();
+        {
+            let map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = map.get(&tid) {
+                if now.duration_since(e.fetched) < TTL {
+                    return e.who.clone();
+                }
+            }
+        }
+        let who = read_proc(tid).unwrap_or_else(|| Who {
+            pid: 0,
+            comm: self.unknown.clone(),
+        });
+        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= SWEEP_AT {
+            map.retain(|_, e| now.duration_since(e.fetched) < TTL);
+        }
+        map.insert(
+            tid,
+            Entry {
+                who: who.clone(),
+                fetched: now,
+            },
+        );
+        who
+    }
+}
+
+/// Reads the thread group id of `tid` and that process's command name.
+fn read_proc(tid: u32) -> Option<Who> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let pid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    Some(Who {
+        pid,
+        comm: Arc::from(comm.trim_end_matches('\n')),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_this_process_from_one_of_its_threads() {
+        let cache = WhoCache::default();
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        let who = cache.lookup(tid);
+        assert_eq!(who.pid, std::process::id());
+        let expected = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(&*who.comm, expected.trim_end());
+        let other = std::thread::spawn(|| unsafe { libc::gettid() } as u32)
+            .join()
+            .unwrap();
+        // The thread has exited: its tid is unknown now (or reused by another process).
+        assert_ne!(cache.lookup(other).pid, std::process::id());
+        assert_eq!(cache.lookup(0).pid, 0);
+    }
+}
