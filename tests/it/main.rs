@@ -9,3 +9,4 @@ mod docs;
 mod lifecycle;
 mod model;
 mod posix;
+mod trace;
