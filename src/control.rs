@@ -49,8 +49,12 @@ pub enum Command {
         #[serde(default)]
         follow: bool,
     },
-    /// Empty the in-memory trace buffer.
-    TraceClear,
+    /// Empty the in-memory trace buffer, or only the events up to sequence number `upto`.
+    TraceClear {
+        /// Keep events after this sequence number.
+        #[serde(default)]
+        upto: Option<u64>,
+    },
 }
 
 /// Answer to `status`.
@@ -294,9 +298,9 @@ fn serve_command(
             let fields = serde_json::to_value(status(served)).unwrap_or_default();
             send(w, &answer(id, true, fields))
         }
-        Command::TraceClear => match &served.recorder {
+        Command::TraceClear { upto } => match &served.recorder {
             Some(r) => {
-                let n = r.store().clear();
+                let n = r.store().clear(upto.unwrap_or(u64::MAX));
                 send(w, &answer(id, true, json!({"cleared": n})))
             }
             None => send(

@@ -137,11 +137,13 @@ impl Store {
         }
     }
 
-    /// Empties the buffer (the trace file keeps everything); returns how many were removed.
-    pub fn clear(&self) -> u64 {
+    /// Removes the buffered events with `seq <= upto` (the trace file keeps everything);
+    /// returns how many were removed.
+    pub fn clear(&self, upto: u64) -> u64 {
         let mut s = self.lock();
-        let n = s.events.len() as u64;
-        s.events.clear();
+        let before = s.events.len();
+        s.events.retain(|e| e.seq > upto);
+        let n = (before - s.events.len()) as u64;
         s.counts.cleared += n;
         n
     }
@@ -180,14 +182,17 @@ impl Store {
         true
     }
 
-    fn push(&self, e: Event) {
+    /// Stores a batch of events (emptying `batch`), evicting the oldest beyond capacity.
+    fn push_all(&self, batch: &mut Vec<Event>) {
         let mut s = self.lock();
-        s.counts.recorded += 1;
-        if s.events.len() >= s.capacity {
-            s.events.pop_front();
-            s.counts.evicted += 1;
+        s.counts.recorded += batch.len() as u64;
+        for e in batch.drain(..) {
+            if s.events.len() >= s.capacity {
+                s.events.pop_front();
+                s.counts.evicted += 1;
+            }
+            s.events.push_back(e);
         }
-        s.events.push_back(e);
         drop(s);
         self.changed.notify_all();
     }
@@ -364,28 +369,48 @@ impl Drop for Recorder {
     }
 }
 
+/// The collector polls instead of blocking on the channel, so that a request never pays
+/// for waking it: sending into a channel nobody waits on is a few atomic operations, while
+/// a wake-up per event costs a context switch on the request path.
 fn collect(rx: Receiver<Event>, store: &Store, mut file: Option<BufWriter<File>>) {
+    const BATCH: usize = 4096;
+    const MIN_POLL: Duration = Duration::from_millis(1);
+    const MAX_POLL: Duration = Duration::from_millis(50);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut poll = MIN_POLL;
     loop {
-        let mut e = match rx.try_recv() {
-            Ok(e) => e,
-            Err(mpsc::TryRecvError::Empty) => {
-                // Idle: make what was written visible before blocking.
-                flush(&mut file, store);
-                match rx.recv() {
-                    Ok(e) => e,
-                    Err(_) => break,
+        let mut disconnected = false;
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
                 }
             }
-            Err(mpsc::TryRecvError::Disconnected) => break,
-        };
-        super::decorate(&mut e);
-        if let Some(f) = &mut file {
-            if let Err(err) = write_line(f, &e) {
-                error!("trace file write failed: {err}");
-                store.lock().counts.write_errors += 1;
+        }
+        if batch.is_empty() {
+            if disconnected {
+                break;
+            }
+            // Idle: make what was written visible, then back off.
+            flush(&mut file, store);
+            std::thread::sleep(poll);
+            poll = (poll * 2).min(MAX_POLL);
+            continue;
+        }
+        poll = MIN_POLL;
+        for e in &mut batch {
+            super::decorate(e);
+            if let Some(f) = &mut file {
+                if let Err(err) = write_line(f, e) {
+                    error!("trace file write failed: {err}");
+                    store.lock().counts.write_errors += 1;
+                }
             }
         }
-        store.push(e);
+        store.push_all(&mut batch);
     }
     flush(&mut file, store);
     store.lock().closed = true;
