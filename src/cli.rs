@@ -1,5 +1,7 @@
 //! The command line: parses arguments into a validated configuration, then runs one command.
 
+mod inspect;
+
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -69,10 +71,69 @@ enum Cmd {
         keep: bool,
         #[command(flatten)]
         opts: MountArgs,
+        /// Where to print CMD's trace when it ends (default: standard error).
+        #[arg(long, value_name = "FILE")]
+        trace_output: Option<PathBuf>,
+        /// How to print CMD's trace: text, jsonl, chrome, or none.
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        trace_format: RunTraceFormat,
         /// The command and its arguments (after `--`).
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
+    /// Print the requests a mount has served (or a saved trace), filtered.
+    ///
+    /// Events come in sequence order. With --follow, keeps printing new ones as they happen
+    /// until the mount ends or the output is closed.
+    Trace {
+        #[command(flatten)]
+        source: inspect::Source,
+        /// Output format.
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        format: inspect::TraceFormat,
+        /// Keep printing new requests as they happen.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// After printing, remove the printed range of events from the mount's buffer, so
+        /// that the next `rawfs trace` starts after them.
+        #[arg(long)]
+        clear: bool,
+        /// Write to FILE instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Look for risky I/O patterns in a trace: check-then-create races, short reads not
+    /// retried, renames and creates not made durable.
+    ///
+    /// Exits 1 if any finding is a warning, 0 otherwise.
+    Check {
+        #[command(flatten)]
+        source: inspect::Source,
+        /// One JSON object per finding instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a mount's daemon: uptime, requests served, trace counters, tree size.
+    Status {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Print the status as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How `rawfs run` prints the command's trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RunTraceFormat {
+    /// One strace-like line per request.
+    Text,
+    /// JSON Lines.
+    Jsonl,
+    /// Chrome trace-event JSON.
+    Chrome,
+    /// Do not print the trace.
+    None,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -216,8 +277,25 @@ pub fn main() -> ExitCode {
         Cmd::Run {
             keep,
             opts,
+            trace_output,
+            trace_format,
             command,
-        } => run(&opts.config(), keep, &command),
+        } => {
+            let report = Report {
+                format: trace_format,
+                output: trace_output,
+            };
+            run(&opts.config(), keep, &report, &command)
+        }
+        Cmd::Trace {
+            source,
+            format,
+            follow,
+            clear,
+            output,
+        } => inspect::trace(&source, format, follow, clear, output.as_deref()).unwrap_or_else(fail),
+        Cmd::Check { source, json } => inspect::check(&source, json).unwrap_or_else(fail),
+        Cmd::Status { mountpoint, json } => inspect::status(&mountpoint, json).unwrap_or_else(fail),
     }
 }
 
@@ -405,7 +483,54 @@ fn umount(mountpoint: &Path, lazy: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(config: &MountConfig, keep: bool, command: &[OsString]) -> ExitCode {
+/// Where `rawfs run` prints the command's trace.
+struct Report {
+    format: RunTraceFormat,
+    output: Option<PathBuf>,
+}
+
+impl Report {
+    /// Prints the events of a finished run.
+    fn print(
+        &self,
+        mountpoint: &Path,
+        store: &crate::trace::recorder::Store,
+    ) -> Result<(), String> {
+        let fmt = match self.format {
+            RunTraceFormat::None => return Ok(()),
+            RunTraceFormat::Text => inspect::TraceFormat::Text,
+            RunTraceFormat::Jsonl => inspect::TraceFormat::Jsonl,
+            RunTraceFormat::Chrome => inspect::TraceFormat::Chrome,
+        };
+        if !store.wait_closed(Duration::from_secs(5)) {
+            warn!("the trace may miss the last requests");
+        }
+        let (events, counts) = store.since(0);
+        let header = crate::trace::Header {
+            rawfs_trace: crate::trace::FORMAT_VERSION,
+            rawfs_version: env!("CARGO_PKG_VERSION").to_string(),
+            mountpoint: mountpoint.display().to_string(),
+            started_unix_ns: 0,
+        };
+        let mut w: Box<dyn Write> = match &self.output {
+            Some(p) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(p)
+                    .map_err(|e| format!("cannot create {}: {e}", p.display()))?,
+            )),
+            None => Box::new(std::io::stderr().lock()),
+        };
+        inspect::print_events(&mut *w, fmt, Some(&header), &events).map_err(|e| e.to_string())?;
+        if counts.dropped > 0 || counts.evicted > 0 {
+            eprintln!(
+                "rawfs: {} events dropped and {} evicted; raise --trace-capacity or use --trace FILE",
+                counts.dropped, counts.evicted
+            );
+        }
+        Ok(())
+    }
+}
+
+fn run(config: &MountConfig, keep: bool, report: &Report, command: &[OsString]) -> ExitCode {
     let set = block_stop_signals();
     let tm = match TempMount::with_config(config) {
         Ok(m) => m,
@@ -447,8 +572,15 @@ fn run(config: &MountConfig, keep: bool, command: &[OsString]) -> ExitCode {
         );
         keep_serving(&set, &tm);
     }
+    let store = tm.trace().cloned();
+    let mountpoint = tm.path().to_path_buf();
     if let Err(e) = tm.unmount() {
         warn!("unmounting: {e}");
+    }
+    if let Some(store) = store {
+        if let Err(e) = report.print(&mountpoint, &store) {
+            eprintln!("rawfs: printing the trace: {e}");
+        }
     }
     ExitCode::from(code.clamp(0, 255) as u8)
 }

@@ -262,8 +262,14 @@ fn handle(stream: UnixStream, served: &Served, stop: &AtomicBool) {
     }
 }
 
+/// How long a reader waits for requests already served to reach the trace buffer.
+const SYNC: Duration = Duration::from_secs(1);
+
 fn status(served: &Served) -> Status {
     let store = served.recorder.as_ref().map(|r| r.store());
+    if let Some(s) = store {
+        s.sync(SYNC);
+    }
     Status {
         mountpoint: served.mountpoint.display().to_string(),
         pid: std::process::id(),
@@ -300,6 +306,7 @@ fn serve_command(
         }
         Command::TraceClear { upto } => match &served.recorder {
             Some(r) => {
+                r.store().sync(SYNC);
                 let n = r.store().clear(upto.unwrap_or(u64::MAX));
                 send(w, &answer(id, true, json!({"cleared": n})))
             }
@@ -324,6 +331,7 @@ fn serve_command(
                 );
             };
             let store = rec.store();
+            store.sync(SYNC);
             let (events, counts) = store.since(since);
             send(w, &answer(id, true, json!({"counts": counts})))?;
             let mut last = since;

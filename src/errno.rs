@@ -65,6 +65,7 @@ errnos!(
     ECANCELED,
     ENOTCONN,
     ECONNRESET,
+    ENOTTY,
 );
 
 impl Errno {

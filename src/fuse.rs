@@ -995,6 +995,7 @@ impl Filesystem for RawFs {
                 e.path2 = fs.path(ino(ino_out));
                 e.fh2 = Some(fh_out.0);
                 e.offset = Some(offset_in as i64);
+                e.offset2 = Some(offset_out as i64);
                 e.size = Some(len);
             },
             |fs| fs.copy_file_range(&c, fh_in.0, offset_in, fh_out.0, offset_out, len),
@@ -1025,7 +1026,7 @@ impl Filesystem for RawFs {
                 on_handle(e, fs, ino(i), fh.0);
                 e.flags = Some(cmd as i32);
             },
-            |_| Err(Errno::from_raw(libc::ENOTTY)),
+            |_| Err(Errno::ENOTTY),
             nothing,
         );
         if let Err(e) = r {

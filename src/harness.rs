@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::fs::Fs;
 use crate::mount::{MountConfig, MountError, Mounted};
+use crate::trace::recorder::Store;
 
 /// A rawfs mount on its own temporary directory, for as long as this value lives.
 #[derive(Debug)]
@@ -48,6 +49,11 @@ impl TempMount {
     /// The tree behind the mount, for looking at it without going through the kernel.
     pub fn fs(&self) -> &Arc<Fs> {
         self.mounted.as_ref().expect("mounted until dropped").fs()
+    }
+
+    /// The trace buffer, unless recording is off (trace capacity 0).
+    pub fn trace(&self) -> Option<&Arc<Store>> {
+        self.mounted.as_ref().and_then(Mounted::trace)
     }
 
     /// False once the session has ended (for instance after an external `umount`).

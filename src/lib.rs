@@ -7,6 +7,7 @@
 //! [`cli`] is the command line.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod check;
 pub mod cli;
 pub mod control;
 pub mod errno;

@@ -1,8 +1,9 @@
 //! The trace: one [`Event`] per request the kernel sends, recorded cheaply on the request path
 //! ([`recorder`]), kept in a bounded buffer, optionally streamed to a file, and printed as
-//! JSON Lines, strace-like text or Chrome trace-event JSON ([`format`]).
+//! JSON Lines, strace-like text or Chrome trace-event JSON ([`mod@format`]).
 
 pub mod event;
+pub mod filter;
 pub mod flags;
 pub mod format;
 pub mod recorder;
@@ -19,6 +20,8 @@ pub fn decorate(e: &mut Event) {
         Op::Setxattr => flags::xattr_flags(f),
         Op::Fallocate => flags::fallocate_mode(f),
         Op::Access => flags::access_mask(f),
+        Op::Fsync | Op::Fsyncdir => if f != 0 { "datasync" } else { "0" }.into(),
+        Op::Ioctl => format!("{:#x}", f as u32),
         Op::Lseek => match f {
             libc::SEEK_DATA => "SEEK_DATA".into(),
             libc::SEEK_HOLE => "SEEK_HOLE".into(),

@@ -281,6 +281,9 @@ pub struct Event {
     /// Offset of a read, write, readdir, fallocate, lseek or copy_file_range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<i64>,
+    /// Second offset: where copy_file_range writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset2: Option<i64>,
     /// Size requested: bytes to read or write, buffer size of getxattr/listxattr, length
     /// of fallocate or copy_file_range.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use log::error;
 
 use super::event::{Event, FORMAT_VERSION, Header, Op};
+use super::format;
 use super::who::{Who, WhoCache};
 
 /// Events in flight between the session threads and the collector.
@@ -77,6 +78,10 @@ pub struct Counts {
 pub struct Store {
     inner: Mutex<StoreInner>,
     changed: Condvar,
+    /// Wakes an idle collector when a reader wants everything now.
+    kick: Condvar,
+    /// Sequence numbers handed out so far (the request counter).
+    numbered: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -86,6 +91,8 @@ struct StoreInner {
     counts: Counts,
     /// The collector has exited: no event will arrive any more.
     closed: bool,
+    /// A reader asked the collector to drain now.
+    kicked: bool,
 }
 
 impl Store {
@@ -96,13 +103,63 @@ impl Store {
                 capacity,
                 counts: Counts::default(),
                 closed: false,
+                kicked: false,
             }),
             changed: Condvar::new(),
+            kick: Condvar::new(),
+            numbered: AtomicU64::new(0),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, StoreInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until every request numbered so far has been stored (or dropped), or `timeout`
+    /// passes (a request still being served, held or delayed, is not waited for beyond it).
+    /// Readers call this so that what a program did just before is in what they read.
+    pub fn sync(&self, timeout: Duration) -> bool {
+        let target = self.numbered.load(Ordering::Acquire);
+        {
+            let mut s = self.lock();
+            s.kicked = true;
+            self.kick.notify_all();
+        }
+        self.wait_until(timeout, |s| {
+            s.counts.recorded + s.counts.dropped >= target || s.closed
+        })
+    }
+
+    /// Waits until `done` holds for the store, or `timeout` passes. True if it holds.
+    fn wait_until(&self, timeout: Duration, done: impl Fn(&StoreInner) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        while !done(&s) {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Sleeps up to `poll`, or until a reader kicks.
+    fn idle(&self, poll: Duration) {
+        let s = self.lock();
+        let mut s = if s.kicked {
+            s
+        } else {
+            self.kick
+                .wait_timeout(s, poll)
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+        };
+        s.kicked = false;
     }
 
     /// Every buffered event with `seq > after`, in sequence order, and the counters.
@@ -166,20 +223,7 @@ impl Store {
     /// Waits until the collector has stored every event and exited (after unmount), or
     /// `timeout` passes. True if it has.
     pub fn wait_closed(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut s = self.lock();
-        while !s.closed {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            s = self
-                .changed
-                .wait_timeout(s, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
+        self.wait_until(timeout, |s| s.closed)
     }
 
     /// Stores a batch of events (emptying `batch`), evicting the oldest beyond capacity.
@@ -201,7 +245,6 @@ impl Store {
 /// Numbers, fills and hands over events; owned by the FUSE adapter.
 #[derive(Debug)]
 pub struct Recorder {
-    seq: AtomicU64,
     epoch: Instant,
     who: WhoCache,
     tx: Option<SyncSender<Event>>,
@@ -248,7 +291,7 @@ impl Recorder {
                 mountpoint: mountpoint.display().to_string(),
                 started_unix_ns: started.as_nanos(),
             };
-            write_line(f, &header)?;
+            format::write_header(f, &header)?;
             f.flush()?;
         }
         let (tx, rx) = mpsc::sync_channel(CHANNEL);
@@ -257,7 +300,6 @@ impl Recorder {
             .name("rawfs-trace".into())
             .spawn(move || collect(rx, &collector_store, file))?;
         Ok(Recorder {
-            seq: AtomicU64::new(0),
             epoch: Instant::now(),
             who: WhoCache::default(),
             tx: Some(tx),
@@ -278,13 +320,13 @@ impl Recorder {
 
     /// Requests served so far (numbered events).
     pub fn requests(&self) -> u64 {
-        self.seq.load(Ordering::Relaxed)
+        self.store.numbered.load(Ordering::Relaxed)
     }
 
     /// Starts the event of a request from thread `tid`.
     pub fn begin(&self, op: Op, tid: u32, uid: u32, gid: u32) -> Pending {
         let start = Instant::now();
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let seq = self.store.numbered.fetch_add(1, Ordering::AcqRel) + 1;
         let who = self.who.lookup(tid);
         Pending {
             event: Event {
@@ -396,7 +438,7 @@ fn collect(rx: Receiver<Event>, store: &Store, mut file: Option<BufWriter<File>>
             }
             // Idle: make what was written visible, then back off.
             flush(&mut file, store);
-            std::thread::sleep(poll);
+            store.idle(poll);
             poll = (poll * 2).min(MAX_POLL);
             continue;
         }
@@ -404,7 +446,7 @@ fn collect(rx: Receiver<Event>, store: &Store, mut file: Option<BufWriter<File>>
         for e in &mut batch {
             super::decorate(e);
             if let Some(f) = &mut file {
-                if let Err(err) = write_line(f, e) {
+                if let Err(err) = format::write_event(f, e) {
                     error!("trace file write failed: {err}");
                     store.lock().counts.write_errors += 1;
                 }
@@ -415,12 +457,6 @@ fn collect(rx: Receiver<Event>, store: &Store, mut file: Option<BufWriter<File>>
     flush(&mut file, store);
     store.lock().closed = true;
     store.changed.notify_all();
-}
-
-/// One JSON Lines record.
-fn write_line(w: &mut impl Write, value: &impl serde::Serialize) -> io::Result<()> {
-    serde_json::to_writer(&mut *w, value)?;
-    w.write_all(b"\n")
 }
 
 fn flush(file: &mut Option<BufWriter<File>>, store: &Store) {

@@ -1,0 +1,316 @@
+//! The commands that read a mount's trace or state: `rawfs trace`, `rawfs check`,
+//! `rawfs status`, and the trace report printed by `rawfs run`.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+
+use crate::check::{self, Severity};
+use crate::control::{Client, Command};
+use crate::trace::event::{FORMAT_VERSION, Header};
+use crate::trace::filter::Filter;
+use crate::trace::recorder::Counts;
+use crate::trace::{Event, format};
+
+/// How events are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TraceFormat {
+    /// One strace-like line per request.
+    Text,
+    /// JSON Lines: a header, then one event per line (docs/trace.md).
+    Jsonl,
+    /// Chrome trace-event JSON, for Perfetto or chrome://tracing.
+    Chrome,
+}
+
+/// Where events come from and which ones to print.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Source {
+    /// A rawfs mount point (its daemon is found from the path alone).
+    #[arg(
+        value_name = "MOUNTPOINT",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    mountpoint: Option<PathBuf>,
+    /// Read a saved trace (JSON Lines, as written by `--trace FILE`) instead of a live mount.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Only these operations (comma-separated: lookup,create,read,...).
+    #[arg(long = "op", value_name = "OPS")]
+    ops: Option<String>,
+    /// Only requests whose path (or second path) matches this glob; `*` stays within one
+    /// path component, `**` crosses them. Paths start with `/` at the mount point.
+    #[arg(long, value_name = "GLOB")]
+    path: Option<String>,
+    /// Only requests from this process id.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Only requests from processes with this command name.
+    #[arg(long)]
+    comm: Option<String>,
+    /// Only these sequence numbers: `N`, `A..B` (inclusive), `A..` or `..B`.
+    #[arg(long, value_name = "RANGE")]
+    seq: Option<String>,
+    /// Only requests that failed.
+    #[arg(long)]
+    failed: bool,
+}
+
+impl Source {
+    fn filter(&self) -> Result<Filter, String> {
+        let mut f = Filter::default();
+        if let Some(ops) = &self.ops {
+            f.ops = Filter::parse_ops(ops).map_err(|e| e.to_string())?;
+        }
+        if let Some(glob) = &self.path {
+            f.path = Some(Filter::parse_glob(glob).map_err(|e| e.to_string())?);
+        }
+        f.pid = self.pid;
+        f.comm = self.comm.clone();
+        f.failed = self.failed;
+        if let Some(seq) = &self.seq {
+            f.seq = Some(Filter::parse_seq(seq).map_err(|e| e.to_string())?);
+        }
+        Ok(f)
+    }
+
+    /// Every event of the source, in sequence order, with the counters when live.
+    fn load(&self) -> Result<Loaded, String> {
+        if let Some(path) = &self.file {
+            let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            let (header, mut events) = format::read_jsonl(BufReader::new(f))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            events.sort_by_key(|e| e.seq);
+            return Ok((events, None, header));
+        }
+        let mp = self
+            .mountpoint
+            .as_deref()
+            .expect("clap requires a mount point or --file");
+        let mut client = Client::connect(mp)?;
+        let header = live_header(&mut client, mp)?;
+        let mut events = Vec::new();
+        let counts = client.trace(0, false, |e| {
+            events.push(e);
+            true
+        })?;
+        Ok((events, counts, Some(header)))
+    }
+}
+
+/// Events in sequence order, the live counters, and the trace header.
+type Loaded = (Vec<Event>, Option<Counts>, Option<Header>);
+
+fn live_header(client: &mut Client, mountpoint: &Path) -> Result<Header, String> {
+    let status = client.request(&Command::Status)?;
+    let uptime_ns = status
+        .get("uptime_ms")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0) as u128
+        * 1_000_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    Ok(Header {
+        rawfs_trace: FORMAT_VERSION,
+        rawfs_version: env!("CARGO_PKG_VERSION").to_string(),
+        mountpoint: status
+            .get("mountpoint")
+            .and_then(|v| v.as_str())
+            .map_or_else(|| mountpoint.display().to_string(), str::to_string),
+        started_unix_ns: now.saturating_sub(uptime_ns),
+    })
+}
+
+fn output(path: Option<&Path>) -> Result<Box<dyn Write>, String> {
+    Ok(match path {
+        Some(p) => Box::new(BufWriter::new(
+            File::create(p).map_err(|e| format!("cannot create {}: {e}", p.display()))?,
+        )),
+        None => Box::new(BufWriter::new(io::stdout().lock())),
+    })
+}
+
+/// Prints `events` in `fmt`.
+pub(crate) fn print_events(
+    mut w: &mut dyn Write,
+    fmt: TraceFormat,
+    header: Option<&Header>,
+    events: &[Event],
+) -> io::Result<()> {
+    match fmt {
+        TraceFormat::Text => {
+            for e in events {
+                writeln!(w, "{}", format::text_line(e))?;
+            }
+        }
+        TraceFormat::Jsonl => {
+            if let Some(h) = header {
+                format::write_header(&mut w, h)?;
+            }
+            for e in events {
+                format::write_event(&mut w, e)?;
+            }
+        }
+        TraceFormat::Chrome => format::write_chrome(&mut w, events)?,
+    }
+    w.flush()
+}
+
+fn warn_counts(counts: Option<Counts>) {
+    if let Some(c) = counts {
+        if c.dropped > 0 || c.evicted > 0 {
+            eprintln!(
+                "rawfs: the buffer is missing events: {} dropped (writer behind), {} evicted \
+                 (buffer full; raise --trace-capacity or use --trace FILE)",
+                c.dropped, c.evicted
+            );
+        }
+    }
+}
+
+/// `rawfs trace`.
+pub(crate) fn trace(
+    src: &Source,
+    fmt: TraceFormat,
+    follow: bool,
+    clear: bool,
+    out: Option<&Path>,
+) -> Result<ExitCode, String> {
+    let filter = src.filter()?;
+    if follow && src.file.is_some() {
+        return Err("--follow needs a live mount, not --file".into());
+    }
+    if follow && fmt == TraceFormat::Chrome {
+        return Err("--follow cannot stream the chrome format (it is one JSON document)".into());
+    }
+    if clear && src.file.is_some() {
+        return Err("--clear needs a live mount, not --file".into());
+    }
+    let mut w = output(out)?;
+    if !follow {
+        let (events, counts, header) = src.load()?;
+        let last = events.last().map_or(0, |e| e.seq);
+        let shown: Vec<Event> = events.into_iter().filter(|e| filter.matches(e)).collect();
+        print_events(&mut *w, fmt, header.as_ref(), &shown).map_err(|e| e.to_string())?;
+        warn_counts(counts);
+        if clear {
+            let mp = src.mountpoint.as_deref().expect("checked above");
+            Client::connect(mp)?.request(&Command::TraceClear { upto: Some(last) })?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mp = src
+        .mountpoint
+        .as_deref()
+        .expect("follow needs a mount point");
+    let mut client = Client::connect(mp)?;
+    if fmt == TraceFormat::Jsonl {
+        let header = live_header(&mut client, mp)?;
+        format::write_header(&mut &mut *w, &header).map_err(|e| e.to_string())?;
+    }
+    let mut failed = None;
+    let counts = client.trace(0, true, |e| {
+        if !filter.matches(&e) {
+            return true;
+        }
+        let r = print_events(&mut *w, fmt, None, std::slice::from_ref(&e));
+        match r {
+            Ok(()) => true,
+            Err(err) => {
+                // A closed pipe (`| head`) ends the stream quietly.
+                if err.kind() != io::ErrorKind::BrokenPipe {
+                    failed = Some(err.to_string());
+                }
+                false
+            }
+        }
+    })?;
+    warn_counts(counts);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `rawfs check`: exit 0 when nothing is worth a warning, 1 otherwise.
+pub(crate) fn check(src: &Source, json: bool) -> Result<ExitCode, String> {
+    let filter = src.filter()?;
+    let (events, counts, _) = src.load()?;
+    let events: Vec<Event> = events.into_iter().filter(|e| filter.matches(e)).collect();
+    let findings = check::run_checks(&events);
+    let mut out = io::stdout().lock();
+    for f in &findings {
+        let line = if json {
+            serde_json::to_string(f).map_err(|e| e.to_string())?
+        } else {
+            f.to_string()
+        };
+        writeln!(out, "{line}").map_err(|e| e.to_string())?;
+    }
+    warn_counts(counts);
+    let warnings = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+        .count();
+    if !json {
+        eprintln!(
+            "rawfs check: {} events, {} findings, {warnings} warnings",
+            events.len(),
+            findings.len()
+        );
+    }
+    Ok(if warnings > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `rawfs status`.
+pub(crate) fn status(mountpoint: &Path, json: bool) -> Result<ExitCode, String> {
+    let mut client = Client::connect(mountpoint)?;
+    let mut v = client.request(&Command::Status)?;
+    if let Some(m) = v.as_object_mut() {
+        m.remove("v");
+        m.remove("ok");
+    }
+    if json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let get = |k: &str| v.get(k).map(|x| x.to_string()).unwrap_or_default();
+    println!(
+        "mountpoint: {}",
+        v.get("mountpoint").and_then(|x| x.as_str()).unwrap_or("")
+    );
+    println!("daemon pid: {}", get("pid"));
+    println!(
+        "version:    {}",
+        v.get("version").and_then(|x| x.as_str()).unwrap_or("")
+    );
+    println!(
+        "uptime:     {:.1} s",
+        v.get("uptime_ms").and_then(|x| x.as_u64()).unwrap_or(0) as f64 / 1000.0
+    );
+    println!("requests:   {}", get("requests"));
+    println!("inodes:     {}", get("inodes"));
+    println!("bytes used: {}", get("bytes_used"));
+    match v.get("trace") {
+        Some(t) => println!(
+            "trace:      {} buffered, {} recorded, {} dropped, {} evicted, {} cleared",
+            get("buffered"),
+            t.get("recorded").map(|x| x.to_string()).unwrap_or_default(),
+            t.get("dropped").map(|x| x.to_string()).unwrap_or_default(),
+            t.get("evicted").map(|x| x.to_string()).unwrap_or_default(),
+            t.get("cleared").map(|x| x.to_string()).unwrap_or_default(),
+        ),
+        None => println!("trace:      off"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
