@@ -10,3 +10,4 @@ mod lifecycle;
 mod model;
 mod posix;
 mod trace;
+mod trace_cli;
