@@ -1,5 +1,6 @@
 //! The command line: parses arguments into a validated configuration, then runs one command.
 
+mod faults;
 mod inspect;
 
 use std::ffi::OsString;
@@ -30,6 +31,8 @@ pub struct Cli {
     command: Cmd,
 }
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Mount an empty in-memory file system on MOUNTPOINT.
@@ -113,6 +116,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Inject faults into a running mount: add, list, remove rules; list and release held
+    /// requests.
+    Fault {
+        #[command(subcommand)]
+        cmd: faults::FaultCmd,
+    },
     /// Show a mount's daemon: uptime, requests served, trace counters, tree size.
     Status {
         /// The mount point.
@@ -161,6 +170,28 @@ struct MountArgs {
     /// `drop` (events are dropped and counted).
     #[arg(long, value_name = "POLICY", default_value = "wait", value_parser = parse_overflow)]
     trace_overflow: Overflow,
+    /// Fault rules in force from the start: a JSON file holding a rule or an array of rules
+    /// (docs/faults.md).
+    #[arg(long, value_name = "FILE", value_parser = parse_faults_file)]
+    faults: Option<FaultsFile>,
+}
+
+/// A rules file, read and checked while the arguments are parsed.
+#[derive(Clone, Debug)]
+struct FaultsFile {
+    path: PathBuf,
+    rules: Vec<crate::fault::Rule>,
+}
+
+fn parse_faults_file(s: &str) -> Result<FaultsFile, String> {
+    let path = std::path::absolute(s).map_err(|e| e.to_string())?;
+    let rules = crate::fault::load_rules(&path)?;
+    for (i, r) in rules.iter().enumerate() {
+        r.clone()
+            .compile(0)
+            .map_err(|e| format!("rule {}: {e}", i + 1))?;
+    }
+    Ok(FaultsFile { path, rules })
 }
 
 fn parse_overflow(s: &str) -> Result<Overflow, String> {
@@ -191,6 +222,11 @@ impl MountArgs {
                     .map(|p| std::path::absolute(p).unwrap_or(p.clone())),
                 overflow: self.trace_overflow,
             },
+            faults: self
+                .faults
+                .as_ref()
+                .map(|f| f.rules.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -206,6 +242,10 @@ impl MountArgs {
         if let Some(t) = &self.trace {
             a.push("--trace".into());
             a.push(std::path::absolute(t).unwrap_or(t.clone()).into());
+        }
+        if let Some(f) = &self.faults {
+            a.push("--faults".into());
+            a.push(f.path.clone().into());
         }
         a.push("--trace-capacity".into());
         a.push(self.trace_capacity.to_string().into());
@@ -295,6 +335,7 @@ pub fn main() -> ExitCode {
             output,
         } => inspect::trace(&source, format, follow, clear, output.as_deref()).unwrap_or_else(fail),
         Cmd::Check { source, json } => inspect::check(&source, json).unwrap_or_else(fail),
+        Cmd::Fault { cmd } => faults::run(cmd).unwrap_or_else(fail),
         Cmd::Status { mountpoint, json } => inspect::status(&mountpoint, json).unwrap_or_else(fail),
     }
 }

@@ -21,6 +21,7 @@ use log::{debug, warn};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::fault::{Faults, Rule, RuleStatus};
 use crate::fs::Fs;
 use crate::registry::Entry;
 use crate::trace::Event;
@@ -32,7 +33,7 @@ pub const PROTOCOL_VERSION: u64 = 1;
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// A command sent to the daemon.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Who is there: versions and the daemon's pid.
@@ -48,6 +49,42 @@ pub enum Command {
         /// Keep streaming.
         #[serde(default)]
         follow: bool,
+    },
+    /// Add fault rules (all or none); answers their ids.
+    FaultAdd {
+        /// The rules (docs/faults.md).
+        rules: Vec<Rule>,
+    },
+    /// The rules with their match and hit counts.
+    FaultList,
+    /// Remove rules by id (releasing what they hold).
+    FaultRemove {
+        /// Rule ids.
+        ids: Vec<u64>,
+    },
+    /// Remove every rule and release every held request.
+    FaultClear,
+    /// The requests held now; with `wait_for`, first wait (up to `timeout_ms`, default 10 s)
+    /// until at least that many are held.
+    Holds {
+        /// Wait until this many requests are held.
+        #[serde(default)]
+        wait_for: Option<usize>,
+        /// How long to wait, in milliseconds.
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    /// Let held requests go on: one by hold id, all of one rule, or all.
+    Release {
+        /// A hold id.
+        #[serde(default)]
+        hold: Option<u64>,
+        /// Every request held by this rule.
+        #[serde(default)]
+        rule: Option<u64>,
+        /// Every held request.
+        #[serde(default)]
+        all: bool,
     },
     /// Empty the in-memory trace buffer, or only the events up to sequence number `upto`.
     TraceClear {
@@ -79,6 +116,10 @@ pub struct Status {
     pub inodes: u64,
     /// Bytes of file data allocated.
     pub bytes_used: u64,
+    /// Fault rules with their counters.
+    pub rules: Vec<RuleStatus>,
+    /// Requests held now.
+    pub held: u64,
 }
 
 /// What the server needs to answer.
@@ -88,6 +129,8 @@ pub struct Served {
     pub fs: Arc<Fs>,
     /// The recorder, if recording is on.
     pub recorder: Option<Arc<Recorder>>,
+    /// The fault rules.
+    pub faults: Arc<Faults>,
     /// Mount point.
     pub mountpoint: PathBuf,
     /// When the mount started.
@@ -280,6 +323,8 @@ fn status(served: &Served) -> Status {
         buffered: store.map_or(0, |s| s.len() as u64),
         inodes: served.fs.inode_count() as u64,
         bytes_used: served.fs.bytes_used(),
+        rules: served.faults.list(),
+        held: served.faults.holds.list().len() as u64,
     }
 }
 
@@ -303,6 +348,60 @@ fn serve_command(
         Command::Status => {
             let fields = serde_json::to_value(status(served)).unwrap_or_default();
             send(w, &answer(id, true, fields))
+        }
+        Command::FaultAdd { rules } => match served.faults.add(rules) {
+            Ok(ids) => send(w, &answer(id, true, json!({ "ids": ids }))),
+            Err(e) => send(w, &answer(id, false, json!({ "error": e }))),
+        },
+        Command::FaultList => send(
+            w,
+            &answer(id, true, json!({ "rules": served.faults.list() })),
+        ),
+        Command::FaultRemove { ids } => {
+            let missing = served.faults.remove(&ids);
+            if missing.is_empty() {
+                send(w, &answer(id, true, json!({ "removed": ids })))
+            } else {
+                let msg = format!("no rule with id {missing:?} (the others were removed)");
+                send(w, &answer(id, false, json!({ "error": msg })))
+            }
+        }
+        Command::FaultClear => {
+            let n = served.faults.clear();
+            send(w, &answer(id, true, json!({ "cleared": n })))
+        }
+        Command::Holds {
+            wait_for,
+            timeout_ms,
+        } => {
+            let held = match wait_for {
+                Some(n) => served
+                    .faults
+                    .holds
+                    .wait_for(n, Duration::from_millis(timeout_ms.unwrap_or(10_000))),
+                None => served.faults.holds.list(),
+            };
+            send(w, &answer(id, true, json!({ "holds": held })))
+        }
+        Command::Release { hold, rule, all } => {
+            let holds = &served.faults.holds;
+            let released = match (hold, rule, all) {
+                (Some(h), None, false) => {
+                    if holds.release(h) {
+                        vec![h]
+                    } else {
+                        let msg = format!("no request is held with hold id {h}");
+                        return send(w, &answer(id, false, json!({ "error": msg })));
+                    }
+                }
+                (None, Some(r), false) => holds.release_rule(r),
+                (None, None, true) => holds.release_all(),
+                _ => {
+                    let msg = "release takes exactly one of hold, rule or all";
+                    return send(w, &answer(id, false, json!({ "error": msg })));
+                }
+            };
+            send(w, &answer(id, true, json!({ "released": released })))
         }
         Command::TraceClear { upto } => match &served.recorder {
             Some(r) => {

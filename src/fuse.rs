@@ -24,9 +24,12 @@ use fuser::{
 use log::{error, warn};
 
 use crate::errno::Errno;
+use crate::fault::hold::Held;
+use crate::fault::{Action, Compiled, CorruptHow, Faults};
 use crate::fs::{Allocate, Attr, Caller, Fs, Kind, RenameMode, SetAttr, SetTime};
 use crate::trace::event::{SetattrFields, TimeSpec};
-use crate::trace::recorder::Recorder;
+use crate::trace::recorder::{Pending, Recorder};
+use crate::trace::who::WhoCache;
 use crate::trace::{Event, Op};
 
 /// How the kernel may cache what rawfs answers.
@@ -47,6 +50,9 @@ pub struct RawFs {
     cache: CacheMode,
     ttl: Duration,
     recorder: Option<Arc<Recorder>>,
+    faults: Arc<Faults>,
+    /// Who asked, when no recorder does this already (recording off, fault rules on).
+    who: WhoCache,
 }
 
 fn ino(i: INodeNo) -> u64 {
@@ -155,9 +161,31 @@ fn entry_outcome(e: &mut Event, a: &Attr) {
 
 fn nothing<T>(_: &mut Event, _: &T) {}
 
+/// Makes `name` exist in `parent` as another process would have created it just before:
+/// a regular file 0644 holding `content`, owned by `uid`/`gid`. Nothing happens if the name
+/// exists already.
+fn competitor_create(fs: &Fs, parent: u64, name: &OsStr, content: &[u8], uid: u32, gid: u32) {
+    let who = Caller { uid, gid, pid: 0 };
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    if let Ok((attr, fh)) = fs.create(&who, parent, name, libc::S_IFREG | 0o644, flags) {
+        if !content.is_empty() {
+            let _ = fs.write(&who, fh, 0, content);
+        }
+        let _ = fs.release(fh);
+        // The kernel never looked this node up: drop the reference create took.
+        fs.forget(attr.ino, 1);
+    }
+}
+
 impl RawFs {
-    /// An adapter serving `fs` with the given caching, recording into `recorder` if given.
-    pub fn new(fs: Arc<Fs>, cache: CacheMode, recorder: Option<Arc<Recorder>>) -> RawFs {
+    /// An adapter serving `fs` with the given caching, recording into `recorder` if given,
+    /// and applying `faults`.
+    pub fn new(
+        fs: Arc<Fs>,
+        cache: CacheMode,
+        recorder: Option<Arc<Recorder>>,
+        faults: Arc<Faults>,
+    ) -> RawFs {
         let ttl = match cache {
             CacheMode::Direct => Duration::ZERO,
             CacheMode::Cached => Duration::from_secs(1),
@@ -167,11 +195,13 @@ impl RawFs {
             cache,
             ttl,
             recorder,
+            faults,
+            who: WhoCache::default(),
         }
     }
 
-    /// One request through the pipeline: number and describe it, run it on the tree (a panic
-    /// becomes EIO and an error log line naming the operation), record what came of it.
+    /// One request through the pipeline (see [`RawFs::call_with`]), for operations that no
+    /// fault action changes beyond failing, delaying, holding or killing.
     fn call<T>(
         &self,
         req: &Request,
@@ -180,31 +210,135 @@ impl RawFs {
         run: impl FnOnce(&Fs) -> Result<T, Errno>,
         outcome: impl FnOnce(&mut Event, &T),
     ) -> Result<T, Errno> {
-        let pending = self.recorder.as_ref().map(|r| {
-            let mut p = r.begin(op, req.pid(), req.uid(), req.gid());
+        self.call_with(req, op, describe, |fs, _| run(fs), outcome)
+    }
+
+    /// One request through the pipeline: number and describe it, let the fault rules decide,
+    /// run it on the tree (a panic becomes EIO and an error log line naming the operation),
+    /// record what came of it. `run` gets the rule that fired, for actions that change the
+    /// operation itself (short reads, corruption, a competitor's create...).
+    fn call_with<T>(
+        &self,
+        req: &Request,
+        op: Op,
+        describe: impl FnOnce(&mut Event, &Fs),
+        run: impl FnOnce(&Fs, Option<&Compiled>) -> Result<T, Errno>,
+        outcome: impl FnOnce(&mut Event, &T),
+    ) -> Result<T, Errno> {
+        let faults = self.faults.active();
+        let mut pending = if self.recorder.is_some() || faults {
+            let (tid, uid, gid) = (req.pid(), req.uid(), req.gid());
+            let mut p = match &self.recorder {
+                Some(r) => r.begin(op, tid, uid, gid),
+                None => {
+                    let who = self.who.lookup(tid);
+                    let (pid, comm) = (who.pid, who.comm);
+                    Pending::unrecorded(Event {
+                        op,
+                        tid,
+                        pid,
+                        comm,
+                        uid,
+                        gid,
+                        ..Event::default()
+                    })
+                }
+            };
             describe(&mut p.event, &self.fs);
-            p
-        });
-        let result = match catch_unwind(AssertUnwindSafe(|| run(&self.fs))) {
-            Ok(r) => r,
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                error!("internal error in {}: {msg}; answered EIO", op.name());
-                Err(Errno::EIO)
-            }
+            Some(p)
+        } else {
+            None
         };
-        if let (Some(rec), Some(mut p)) = (&self.recorder, pending) {
+        let hit = match (&pending, faults) {
+            (Some(p), true) => self.faults.check(&p.event),
+            _ => None,
+        };
+        let mut early = None;
+        if let (Some(rule), Some(p)) = (&hit, &mut pending) {
+            p.event.rule = Some(rule.id());
+            early = self.fault_before(rule, &mut p.event);
+        }
+        let result = match early {
+            Some(errno) => Err(errno),
+            None => match catch_unwind(AssertUnwindSafe(|| run(&self.fs, hit.as_deref()))) {
+                Ok(r) => r,
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    error!("internal error in {}: {msg}; answered EIO", op.name());
+                    Err(Errno::EIO)
+                }
+            },
+        };
+        if let Some((d, true)) = hit.as_ref().and_then(|r| r.delay()) {
+            std::thread::sleep(d);
+        }
+        if let Some(mut p) = pending {
             match &result {
                 Ok(v) => outcome(&mut p.event, v),
                 Err(e) => p.event.errno = Some(e.to_string()),
             }
-            rec.finish(p);
+            if let Some(rec) = &self.recorder {
+                rec.finish(p);
+            }
         }
         result
+    }
+
+    /// The fault actions taken before the operation, noted in the event: an errno or a
+    /// signal answers the request at once (the errno is returned); a delay or a hold waits,
+    /// then the operation runs. Actions that change the operation itself are applied by the
+    /// handler's `run`.
+    fn fault_before(&self, rule: &Compiled, e: &mut Event) -> Option<Errno> {
+        let (note, early) = match &rule.rule.action {
+            Action::Errno(_) => {
+                let errno = rule.errno().unwrap_or(Errno::EIO);
+                (format!("errno {errno}"), Some(errno))
+            }
+            Action::Kill(name) => {
+                let sig = rule.signal().unwrap_or(libc::SIGKILL);
+                if e.pid != 0 {
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(e.pid as libc::pid_t, sig) };
+                }
+                (format!("kill {name}"), Some(Errno::EINTR))
+            }
+            Action::Delay { ms, after: false } => {
+                std::thread::sleep(Duration::from_millis(*ms));
+                (format!("delay {ms}ms"), None)
+            }
+            Action::Delay { ms, after: true } => (format!("delay {ms}ms after"), None),
+            Action::Hold => {
+                let waited = self.faults.holds.hold(Held {
+                    hold: 0,
+                    rule: rule.id(),
+                    seq: e.seq,
+                    op: e.op.name().to_string(),
+                    path: e.path.clone(),
+                    pid: e.pid,
+                    comm: e.comm.to_string(),
+                    waited_ms: 0,
+                });
+                let waited = crate::trace::format::duration(waited.as_nanos() as u64);
+                (format!("held {waited}"), None)
+            }
+            Action::Short(n) => (format!("short {n}"), None),
+            Action::Corrupt { how, at, len } => {
+                let how = if *how == CorruptHow::Flip {
+                    "flip"
+                } else {
+                    "zero"
+                };
+                (format!("corrupt {how} {at}+{len}"), None)
+            }
+            Action::EnospcAfter(n) => (format!("enospc after {n}"), None),
+            Action::Competitor { .. } => ("competitor".to_string(), None),
+        };
+        e.fault = Some(note);
+        early
     }
 
     fn open_flags(&self) -> FopenFlags {
@@ -583,7 +717,7 @@ impl Filesystem for RawFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let r = self.call(
+        let r = self.call_with(
             req,
             Op::Read,
             |e, fs| {
@@ -592,7 +726,17 @@ impl Filesystem for RawFs {
                 e.offset = Some(offset as i64);
                 e.size = Some(size.into());
             },
-            |fs| fs.read_at(fh.0, offset, size),
+            |fs, rule| {
+                let size = match rule.map(|r| &r.rule.action) {
+                    Some(Action::Short(n)) => size.min(*n as u32),
+                    _ => size,
+                };
+                let (mut data, file_size) = fs.read_at(fh.0, offset, size)?;
+                if let Some(r) = rule {
+                    r.corrupt(&mut data);
+                }
+                Ok((data, file_size))
+            },
             |e, (data, file_size)| {
                 let n = data.len() as u64;
                 e.returned = Some(n);
@@ -619,7 +763,7 @@ impl Filesystem for RawFs {
         reply: ReplyWrite,
     ) {
         let c = caller(req);
-        let r = self.call(
+        let r = self.call_with(
             req,
             Op::Write,
             |e, fs| {
@@ -628,7 +772,25 @@ impl Filesystem for RawFs {
                 e.offset = Some(offset as i64);
                 e.size = Some(data.len() as u64);
             },
-            |fs| fs.write(&c, fh.0, offset, data),
+            |fs, rule| {
+                let Some(rule) = rule else {
+                    return fs.write(&c, fh.0, offset, data);
+                };
+                let mut data = std::borrow::Cow::Borrowed(data);
+                match rule.rule.action {
+                    Action::Short(n) => data = data[..data.len().min(n as usize)].to_vec().into(),
+                    Action::Corrupt { .. } => rule.corrupt(data.to_mut()),
+                    Action::EnospcAfter(_) => {
+                        let allowed = rule.take_budget(data.len() as u64) as usize;
+                        if allowed == 0 && !data.is_empty() {
+                            return Err(Errno::ENOSPC);
+                        }
+                        data = data[..allowed].to_vec().into();
+                    }
+                    _ => {}
+                }
+                fs.write(&c, fh.0, offset, &data)
+            },
             |e, n| {
                 e.returned = Some(u64::from(*n));
                 e.short = (*n as usize) < data.len();
@@ -885,7 +1047,7 @@ impl Filesystem for RawFs {
         reply: ReplyCreate,
     ) {
         let (p, c) = (ino(parent), caller(req));
-        let r = self.call(
+        let r = self.call_with(
             req,
             Op::Create,
             |e, fs| {
@@ -893,7 +1055,13 @@ impl Filesystem for RawFs {
                 e.flags = Some(flags);
                 e.mode = Some(mode);
             },
-            |fs| fs.create(&c, p, name, mode, flags),
+            |fs, rule| {
+                if let Some(Action::Competitor { content, uid, gid }) = rule.map(|r| &r.rule.action)
+                {
+                    competitor_create(fs, p, name, content.as_bytes(), *uid, *gid);
+                }
+                fs.create(&c, p, name, mode, flags)
+            },
             |e, (a, fh)| {
                 e.out_ino = Some(a.ino);
                 e.out_fh = Some(*fh);

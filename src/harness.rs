@@ -61,6 +61,14 @@ impl TempMount {
         self.mounted.as_ref().is_some_and(Mounted::is_alive)
     }
 
+    /// The fault rules in force, to change while the mount runs.
+    pub fn faults(&self) -> &Arc<crate::fault::Faults> {
+        self.mounted
+            .as_ref()
+            .expect("mounted until dropped")
+            .faults()
+    }
+
     /// Unmounts now, reporting any failure (dropping the guard does the same silently).
     pub fn unmount(mut self) -> std::io::Result<()> {
         match self.mounted.take() {

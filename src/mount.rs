@@ -16,6 +16,7 @@ use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use log::{info, warn};
 
 use crate::control::{Served, Server};
+use crate::fault::{Faults, Rule};
 use crate::fs::{Fs, FsOptions};
 use crate::fuse::{CacheMode, RawFs};
 use crate::trace::recorder::{Recorder, Store, TraceConfig};
@@ -31,6 +32,8 @@ pub struct MountConfig {
     pub threads: usize,
     /// What the trace keeps and where it writes.
     pub trace: TraceConfig,
+    /// Fault rules in force from the start.
+    pub faults: Vec<Rule>,
 }
 
 impl Default for MountConfig {
@@ -40,6 +43,7 @@ impl Default for MountConfig {
             size: None,
             threads: 4,
             trace: TraceConfig::default(),
+            faults: Vec::new(),
         }
     }
 }
@@ -130,6 +134,7 @@ pub struct Mounted {
     mountpoint: PathBuf,
     fs: Arc<Fs>,
     recorder: Option<Arc<Recorder>>,
+    faults: Arc<Faults>,
     control: Option<Server>,
     unmounter: Option<SessionUnmounter>,
     thread: Option<JoinHandle<io::Result<()>>>,
@@ -171,7 +176,11 @@ impl Mounted {
         } else {
             None
         };
-        let adapter = RawFs::new(fs.clone(), config.cache, recorder.clone());
+        let faults = Arc::new(Faults::default());
+        faults
+            .add(config.faults.clone())
+            .map_err(|e| MountError(format!("bad fault rule: {e}")))?;
+        let adapter = RawFs::new(fs.clone(), config.cache, recorder.clone(), faults.clone());
         let mut session = Session::new(adapter, mountpoint, &fuse_config).map_err(|e| {
             let shown = mountpoint.display();
             match e.raw_os_error() {
@@ -190,6 +199,7 @@ impl Mounted {
         let control = match Server::start(Served {
             fs: fs.clone(),
             recorder: recorder.clone(),
+            faults: faults.clone(),
             mountpoint: crate::registry::absolute(mountpoint).unwrap_or(mountpoint.to_path_buf()),
             started: Instant::now(),
         }) {
@@ -212,6 +222,7 @@ impl Mounted {
             mountpoint: mountpoint.to_path_buf(),
             fs,
             recorder,
+            faults,
             control,
             unmounter: Some(unmounter),
             thread: Some(thread),
@@ -232,6 +243,11 @@ impl Mounted {
     /// The recorder, unless recording is off (trace capacity 0).
     pub fn recorder(&self) -> Option<&Arc<Recorder>> {
         self.recorder.as_ref()
+    }
+
+    /// The fault rules in force, to change while the mount runs.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
     }
 
     /// The trace buffer, unless recording is off.
@@ -256,6 +272,8 @@ impl Mounted {
         };
         // Followers of the trace see the end once the session is gone; new clients are refused.
         let control = self.control.take();
+        // Held requests go on, so that nothing waits on a mount that is going away.
+        self.faults.holds.close();
         let mut first_error = None;
         if let Some(mut u) = self.unmounter.take() {
             if let Err(e) = u.unmount() {

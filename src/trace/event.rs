@@ -310,6 +310,10 @@ pub struct Event {
     /// The errno by name (`"EEXIST"`) when the request failed; absent on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errno: Option<String>,
+    /// What the fault rule did: `errno EIO`, `delay 100ms`, `held 1.2s`, `short 1`,
+    /// `corrupt flip 0+4`, `enospc`, `competitor`, `kill SIGKILL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
     /// Id of the fault rule that changed this request, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<u64>,

@@ -197,7 +197,10 @@ pub fn text_line(e: &Event) -> String {
     s.push_str(&duration(e.dur_ns));
     s.push('>');
     if let Some(rule) = e.rule {
-        s.push_str(&format!(" [rule {rule}]"));
+        match &e.fault {
+            Some(what) => s.push_str(&format!(" [rule {rule}: {what}]")),
+            None => s.push_str(&format!(" [rule {rule}]")),
+        }
     }
     s
 }

@@ -267,6 +267,17 @@ pub struct Pending {
     start: Instant,
 }
 
+impl Pending {
+    /// An event that is not recorded (recording off), still built so that fault rules can
+    /// match it.
+    pub fn unrecorded(event: Event) -> Pending {
+        Pending {
+            event,
+            start: Instant::now(),
+        }
+    }
+}
+
 impl Recorder {
     /// Starts recording with `config` for a mount on `mountpoint`. Fails only if the trace
     /// file cannot be created.
