@@ -6,6 +6,7 @@ mod common;
 mod concurrency;
 mod differential;
 mod docs;
+mod faults;
 mod lifecycle;
 mod model;
 mod posix;
