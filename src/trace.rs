@@ -3,6 +3,7 @@
 //! JSON Lines, strace-like text or Chrome trace-event JSON ([`mod@format`]).
 
 pub mod event;
+pub mod exec_watch;
 pub mod filter;
 pub mod flags;
 pub mod format;

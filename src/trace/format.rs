@@ -593,6 +593,7 @@ pub fn write_chrome(w: &mut impl Write, events: &[Event]) -> io::Result<()> {
         for tid in tids.keys() {
             let tname = match (*pid, *tid) {
                 (0, 0) => "kernel".to_string(),
+                (_, 0) => format!("{pname} (sent by the kernel)"),
                 (_, t) if t == *pid => pname.clone(),
                 (_, t) => format!("{pname} thread {t}"),
             };

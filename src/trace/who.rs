@@ -2,16 +2,22 @@
 //! /proc once and then cached, so that the request path reads /proc only for a thread it has
 //! not seen lately.
 //!
-//! Entries expire after [`TTL`], which bounds how long a name can be stale after an exec
-//! (for up to that long after `execve`, requests may still carry the old command name).
-//! The cache is sharded by thread id so that session threads rarely share a lock.
+//! An entry is dropped when the kernel's process connector reports that the thread called
+//! `execve` or exited ([`super::exec_watch`], as root), and in any case after [`TTL`] (or
+//! [`SHORT_TTL`] when no connector is available: then, for up to that long after an exec,
+//! requests may still carry the old command name). The cache is sharded by thread id so
+//! that session threads rarely share a lock.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a cached process id and name are trusted.
-pub const TTL: Duration = Duration::from_millis(20);
+use super::exec_watch::{self, ExecWatch};
+
+/// How long a cached process id and name are trusted while exec notices arrive.
+pub const TTL: Duration = Duration::from_secs(1);
+/// How long they are trusted without exec notices.
+pub const SHORT_TTL: Duration = Duration::from_millis(20);
 const SHARDS: usize = 16;
 /// Shard size past which expired entries are swept.
 const SWEEP_AT: usize = 1024;
@@ -29,6 +35,7 @@ pub struct Who {
 struct Entry {
     who: Who,
     fetched: Instant,
+    epoch: (u64, u64),
 }
 
 /// Thread id to process cache.
@@ -36,6 +43,7 @@ struct Entry {
 pub struct WhoCache {
     shards: Vec<Mutex<HashMap<u32, Entry>>>,
     unknown: Arc<str>,
+    watch: Option<&'static ExecWatch>,
 }
 
 impl Default for WhoCache {
@@ -43,11 +51,16 @@ impl Default for WhoCache {
         WhoCache {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             unknown: Arc::from(""),
+            watch: exec_watch::watch(),
         }
     }
 }
 
 impl WhoCache {
+    fn ttl(&self) -> Duration {
+        if self.watch.is_some() { TTL } else { SHORT_TTL }
+    }
+
     /// The process of thread `tid` (0 means the kernel itself: no process).
     pub fn lookup(&self, tid: u32) -> Who {
         if tid == 0 {
@@ -58,10 +71,13 @@ impl WhoCache {
         }
         let shard = &self.shards[tid as usize % SHARDS];
         let now = Instant::now();
+        // Taken before reading /proc: an exec during the read makes the entry stale.
+        let epoch = self.watch.map_or((0, 0), |w| w.epoch(tid));
+        let ttl = self.ttl();
         {
             let map = shard.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(e) = map.get(&tid) {
-                if now.duration_since(e.fetched) < TTL {
+                if now.duration_since(e.fetched) < ttl && e.epoch == epoch {
                     return e.who.clone();
                 }
             }
@@ -72,13 +88,14 @@ impl WhoCache {
         });
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= SWEEP_AT {
-            map.retain(|_, e| now.duration_since(e.fetched) < TTL);
+            map.retain(|_, e| now.duration_since(e.fetched) < ttl);
         }
         map.insert(
             tid,
             Entry {
                 who: who.clone(),
                 fetched: now,
+                epoch,
             },
         );
         who

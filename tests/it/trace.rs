@@ -913,3 +913,27 @@ fn capacity_zero_records_nothing_and_the_mount_still_works() {
     assert!(m.trace().is_none());
     m.unmount().expect("unmount");
 }
+
+#[test]
+fn a_process_that_execs_is_named_after_its_new_program_at_once() {
+    let m = mount_or_skip!();
+    // The builtin `test` makes the shell itself look the name up; then the same process
+    // becomes cp, whose create follows within a millisecond or two.
+    let probe = m.join("probe");
+    let out = m.join("out");
+    let script = format!("test -e {}; exec cp /etc/hostname {}", s(&probe), s(&out));
+    let pid = run("sh", &["-c", &script]);
+    let events = fence(&m);
+    let lookup = one(&events, "the shell's lookup", |e| {
+        is(e, Op::Lookup, "/probe")
+    });
+    let create = one(&events, "cp's create", |e| is(e, Op::Create, "/out"));
+    assert_eq!((lookup.pid, create.pid), (pid, pid), "{}", dump(&events));
+    assert_eq!(&*lookup.comm, "sh");
+    assert_eq!(
+        &*create.comm,
+        "cp",
+        "the name must follow the exec:\n{}",
+        dump(&events)
+    );
+}

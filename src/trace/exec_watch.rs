@@ -1,0 +1,233 @@
+//! Exec and exit notices from the kernel's process connector (netlink), so that the cached
+//! command name of a thread is dropped the moment the thread calls `execve` (a shell's child
+//! opens a redirection as `sh`, then writes as `cat`) or exits (its id may be reused).
+//!
+//! Listening needs CAP_NET_ADMIN (root). Without it, [`watch`] returns `None` and the cache
+//! falls back to a short time-to-live.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 16;
+/// Notices older than this are forgotten: no cached entry lives that long with a watch.
+const KEEP: Duration = Duration::from_secs(5);
+const PRUNE_AT: usize = 4096;
+
+// linux/connector.h, linux/cn_proc.h
+const CN_IDX_PROC: u32 = 1;
+const CN_VAL_PROC: u32 = 1;
+const PROC_CN_MCAST_LISTEN: u32 = 1;
+const PROC_EVENT_NONE: u32 = 0;
+const PROC_EVENT_EXEC: u32 = 0x0000_0002;
+const PROC_EVENT_EXIT: u32 = 0x8000_0000;
+const NLMSG_HDR: usize = 16;
+const CN_MSG_HDR: usize = 20;
+/// Offset of `event_data` in `struct proc_event` (what, cpu, timestamp_ns).
+const EVENT_DATA: usize = 16;
+
+/// Numbers each exec or exit of a thread id; a cache entry taken under one number is stale
+/// once the number changes.
+#[derive(Debug)]
+pub struct ExecWatch {
+    shards: Vec<Mutex<HashMap<u32, (u64, Instant)>>>,
+    counter: AtomicU64,
+    /// Times notices were lost (the socket overflowed): every cached entry is then stale.
+    lost: AtomicU64,
+}
+
+impl ExecWatch {
+    fn new() -> ExecWatch {
+        ExecWatch {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            counter: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+        }
+    }
+
+    /// A number that changes whenever `tid` execs or exits (or notices were lost).
+    pub fn epoch(&self, tid: u32) -> (u64, u64) {
+        let shard = self.shards[tid as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        (
+            shard.get(&tid).map_or(0, |(n, _)| *n),
+            self.lost.load(Ordering::Relaxed),
+        )
+    }
+
+    fn notice(&self, tid: u32) {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
+        let mut shard = self.shards[tid as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if shard.len() >= PRUNE_AT {
+            shard.retain(|_, (_, at)| now.duration_since(*at) < KEEP);
+        }
+        shard.insert(tid, (n, now));
+    }
+}
+
+static WATCH: OnceLock<Option<&'static ExecWatch>> = OnceLock::new();
+
+/// The process-wide watch, started on first use; `None` if the kernel would not let this
+/// process listen.
+pub fn watch() -> Option<&'static ExecWatch> {
+    *WATCH.get_or_init(|| match listen() {
+        Ok(fd) => {
+            let w: &'static ExecWatch = Box::leak(Box::new(ExecWatch::new()));
+            let spawned = std::thread::Builder::new()
+                .name("rawfs-execwatch".into())
+                .spawn(move || receive(fd, w));
+            if spawned.is_err() {
+                // SAFETY: fd is ours and nothing else uses it.
+                unsafe { libc::close(fd) };
+                return None;
+            }
+            Some(w)
+        }
+        Err(e) => {
+            log::debug!("no process connector ({e}); command names may lag an exec by a few ms");
+            None
+        }
+    })
+}
+
+fn put_u32(buf: &mut [u8], at: usize, v: u32) {
+    buf[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn get_u32(buf: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Subscribes to process events and waits for the kernel's acknowledgement.
+fn listen() -> std::io::Result<i32> {
+    let err = std::io::Error::last_os_error;
+    // SAFETY: plain socket calls on a descriptor this function owns; every buffer passed is
+    // valid for the length given.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_CONNECTOR,
+        );
+        if fd < 0 {
+            return Err(err());
+        }
+        let fail = |fd: i32| {
+            let e = err();
+            libc::close(fd);
+            Err(e)
+        };
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = CN_IDX_PROC;
+        let len = std::mem::size_of::<libc::sockaddr_nl>() as u32;
+        if libc::bind(fd, (&raw const addr).cast(), len) < 0 {
+            return fail(fd);
+        }
+        let mut msg = [0u8; NLMSG_HDR + CN_MSG_HDR + 4];
+        let total = msg.len() as u32;
+        put_u32(&mut msg, 0, total);
+        msg[4..6].copy_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes());
+        put_u32(&mut msg, 12, std::process::id());
+        put_u32(&mut msg, NLMSG_HDR, CN_IDX_PROC);
+        put_u32(&mut msg, NLMSG_HDR + 4, CN_VAL_PROC);
+        msg[NLMSG_HDR + 16..NLMSG_HDR + 18].copy_from_slice(&4u16.to_ne_bytes());
+        put_u32(&mut msg, NLMSG_HDR + CN_MSG_HDR, PROC_CN_MCAST_LISTEN);
+        if libc::send(fd, msg.as_ptr().cast(), msg.len(), 0) < 0 {
+            return fail(fd);
+        }
+        // The kernel answers the subscription with an acknowledgement carrying an errno.
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 300_000,
+        };
+        let tv_len = std::mem::size_of::<libc::timeval>() as u32;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            tv_len,
+        );
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + Duration::from_millis(300);
+        loop {
+            let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+            if n < 0 {
+                return fail(fd);
+            }
+            let ev = NLMSG_HDR + CN_MSG_HDR;
+            if get_u32(&buf, ev) == Some(PROC_EVENT_NONE) {
+                // event_data.ack.err
+                match get_u32(&buf, ev + EVENT_DATA) {
+                    Some(0) => break,
+                    Some(e) => {
+                        libc::close(fd);
+                        return Err(std::io::Error::from_raw_os_error(e as i32));
+                    }
+                    None => return fail(fd),
+                }
+            }
+            if Instant::now() > deadline {
+                libc::close(fd);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no acknowledgement",
+                ));
+            }
+        }
+        let none = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const none).cast(),
+            tv_len,
+        );
+        Ok(fd)
+    }
+}
+
+fn receive(fd: i32, watch: &ExecWatch) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            // ENOBUFS: notices were lost; everything cached may be stale.
+            watch.lost.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let mut at = 0usize;
+        let n = n as usize;
+        while at + NLMSG_HDR <= n {
+            let Some(len) = get_u32(&buf[..n], at).map(|l| l as usize) else {
+                break;
+            };
+            if len < NLMSG_HDR || at + len > n {
+                break;
+            }
+            let ev = at + NLMSG_HDR + CN_MSG_HDR;
+            let what = get_u32(&buf[..n], ev);
+            if what == Some(PROC_EVENT_EXEC) || what == Some(PROC_EVENT_EXIT) {
+                for off in [EVENT_DATA, EVENT_DATA + 4] {
+                    if let Some(id) = get_u32(&buf[..n], ev + off) {
+                        watch.notice(id);
+                    }
+                }
+            }
+            at += (len + 3) & !3;
+        }
+    }
+}
