@@ -487,6 +487,14 @@ fn umount(mountpoint: &Path, lazy: bool) -> ExitCode {
         }
         return fail(format!("{shown} is not a rawfs mount"));
     }
+    // Requests held by fault rules would keep their processes, and so the mount, busy.
+    if let Ok(mut c) = crate::control::Client::connect(mountpoint) {
+        let _ = c.request(&crate::control::Command::Release {
+            hold: None,
+            rule: None,
+            all: true,
+        });
+    }
     if let Err(e) = mount::unmount_path(mountpoint, lazy) {
         return if e.raw_os_error() == Some(libc::EBUSY) {
             fail(format!(
