@@ -194,6 +194,16 @@ fn parse_faults_file(s: &str) -> Result<FaultsFile, String> {
     Ok(FaultsFile { path, rules })
 }
 
+impl MountArgs {
+    /// Combinations of options that cannot work together.
+    fn check(&self) -> Result<(), String> {
+        if self.trace.is_some() && self.trace_capacity == 0 {
+            return Err("--trace FILE needs recording on; drop --trace-capacity 0".into());
+        }
+        Ok(())
+    }
+}
+
 fn parse_overflow(s: &str) -> Result<Overflow, String> {
     match s {
         "wait" => Ok(Overflow::Wait),
@@ -295,11 +305,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Cmd::Mount { .. } => "rawfs=info,fuser=error",
-        _ => "warn",
+        // fuser reports a reply to a request the kernel gave up on (the caller was killed or
+        // the mount went away) as an error; that is an ordinary race here.
+        Cmd::Mount { .. } => "rawfs=info,fuser=off",
+        _ => "warn,fuser=off",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
         .init();
+    let opts = match &cli.command {
+        Cmd::Mount { opts, .. } | Cmd::Run { opts, .. } => Some(opts),
+        _ => None,
+    };
+    if let Some(Err(e)) = opts.map(|o| o.check()) {
+        return fail(e);
+    }
     match cli.command {
         Cmd::Mount {
             mountpoint,
@@ -559,7 +578,7 @@ impl Report {
             rawfs_trace: crate::trace::FORMAT_VERSION,
             rawfs_version: env!("CARGO_PKG_VERSION").to_string(),
             mountpoint: mountpoint.display().to_string(),
-            started_unix_ns: 0,
+            started_unix_ns: store.started_unix_ns(),
         };
         let mut w: Box<dyn Write> = match &self.output {
             Some(p) => Box::new(std::io::BufWriter::new(

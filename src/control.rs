@@ -431,18 +431,17 @@ fn serve_command(
             };
             let store = rec.store();
             store.sync(SYNC);
-            let (events, counts) = store.since(since);
+            let (events, counts, mut next) = store.since_with_index(since);
             send(w, &answer(id, true, json!({"counts": counts})))?;
-            let mut last = since;
             for e in &events {
                 send_event(w, e)?;
-                last = last.max(e.seq);
             }
             while follow && !stop.load(Ordering::Relaxed) {
-                let (events, _, closed) = store.wait_since(last, Duration::from_millis(200));
-                for e in &events {
+                let (events, after, closed) =
+                    store.wait_stored_after(next, Duration::from_millis(200));
+                next = after;
+                for e in events.iter().filter(|e| e.seq > since) {
                     send_event(w, e)?;
-                    last = last.max(e.seq);
                 }
                 if closed {
                     break;

@@ -197,7 +197,11 @@ pub(crate) fn trace(
         let (events, counts, header) = src.load()?;
         let last = events.last().map_or(0, |e| e.seq);
         let shown: Vec<Event> = events.into_iter().filter(|e| filter.matches(e)).collect();
-        print_events(&mut *w, fmt, header.as_ref(), &shown).map_err(|e| e.to_string())?;
+        match print_events(&mut *w, fmt, header.as_ref(), &shown) {
+            // A closed pipe (`| head`) ends the output quietly, and clears nothing.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+            r => r.map_err(|e| e.to_string())?,
+        }
         warn_counts(counts);
         if clear {
             let mp = src.mountpoint.as_deref().expect("checked above");

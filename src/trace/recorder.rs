@@ -82,11 +82,16 @@ pub struct Store {
     kick: Condvar,
     /// Sequence numbers handed out so far (the request counter).
     numbered: AtomicU64,
+    /// Wall-clock start of the recording, in nanoseconds since the epoch.
+    started_unix_ns: u128,
 }
 
 #[derive(Debug)]
 struct StoreInner {
-    events: VecDeque<Event>,
+    /// Events in the order they were stored, each with its storage index.
+    events: VecDeque<(u64, Event)>,
+    /// Storage index of the next event.
+    next_index: u64,
     capacity: usize,
     counts: Counts,
     /// The collector has exited: no event will arrive any more.
@@ -96,7 +101,7 @@ struct StoreInner {
 }
 
 impl Store {
-    fn new(capacity: usize) -> Store {
+    fn new(capacity: usize, started_unix_ns: u128) -> Store {
         Store {
             inner: Mutex::new(StoreInner {
                 events: VecDeque::new(),
@@ -104,10 +109,12 @@ impl Store {
                 counts: Counts::default(),
                 closed: false,
                 kicked: false,
+                next_index: 0,
             }),
             changed: Condvar::new(),
             kick: Condvar::new(),
             numbered: AtomicU64::new(0),
+            started_unix_ns,
         }
     }
 
@@ -162,29 +169,57 @@ impl Store {
         s.kicked = false;
     }
 
+    /// When recording started (`ts_ns` counts from here), in nanoseconds since the epoch.
+    pub fn started_unix_ns(&self) -> u128 {
+        self.started_unix_ns
+    }
+
     /// Every buffered event with `seq > after`, in sequence order, and the counters.
     pub fn since(&self, after: u64) -> (Vec<Event>, Counts) {
         let s = self.lock();
-        let mut out: Vec<Event> = s.events.iter().filter(|e| e.seq > after).cloned().collect();
+        let mut out: Vec<Event> = s
+            .events
+            .iter()
+            .filter(|(_, e)| e.seq > after)
+            .map(|(_, e)| e.clone())
+            .collect();
         out.sort_by_key(|e| e.seq);
         (out, s.counts)
     }
 
-    /// Like [`Store::since`], but waits up to `timeout` for at least one new event. Returns
-    /// an empty list on timeout or once the store is closed.
-    pub fn wait_since(&self, after: u64, timeout: Duration) -> (Vec<Event>, Counts, bool) {
+    /// Like [`Store::since`], and also the storage index to follow from with
+    /// [`Store::wait_stored_after`].
+    pub fn since_with_index(&self, after: u64) -> (Vec<Event>, Counts, u64) {
+        let s = self.lock();
+        let mut out: Vec<Event> = s
+            .events
+            .iter()
+            .filter(|(_, e)| e.seq > after)
+            .map(|(_, e)| e.clone())
+            .collect();
+        out.sort_by_key(|e| e.seq);
+        (out, s.counts, s.next_index)
+    }
+
+    /// The events stored from storage index `from` on, in storage (completion) order,
+    /// waiting up to `timeout` for one; also the index to continue from and whether the store
+    /// is closed. Following by storage index, unlike by sequence number, never skips a slow
+    /// request that completes after later-numbered ones.
+    pub fn wait_stored_after(&self, from: u64, timeout: Duration) -> (Vec<Event>, u64, bool) {
         let deadline = Instant::now() + timeout;
         let mut s = self.lock();
         loop {
-            if s.events.iter().any(|e| e.seq > after) || s.closed {
-                let closed = s.closed;
-                drop(s);
-                let (ev, counts) = self.since(after);
-                return (ev, counts, closed);
+            if s.next_index > from || s.closed {
+                let out = s
+                    .events
+                    .iter()
+                    .filter(|(i, _)| *i >= from)
+                    .map(|(_, e)| e.clone());
+                return (out.collect(), s.next_index, s.closed);
             }
             let now = Instant::now();
             if now >= deadline {
-                return (Vec::new(), s.counts, false);
+                return (Vec::new(), from, false);
             }
             s = self
                 .changed
@@ -199,7 +234,7 @@ impl Store {
     pub fn clear(&self, upto: u64) -> u64 {
         let mut s = self.lock();
         let before = s.events.len();
-        s.events.retain(|e| e.seq > upto);
+        s.events.retain(|(_, e)| e.seq > upto);
         let n = (before - s.events.len()) as u64;
         s.counts.cleared += n;
         n
@@ -235,7 +270,9 @@ impl Store {
                 s.events.pop_front();
                 s.counts.evicted += 1;
             }
-            s.events.push_back(e);
+            let index = s.next_index;
+            s.next_index += 1;
+            s.events.push_back((index, e));
         }
         drop(s);
         self.changed.notify_all();
@@ -282,7 +319,10 @@ impl Recorder {
     /// Starts recording with `config` for a mount on `mountpoint`. Fails only if the trace
     /// file cannot be created.
     pub fn start(config: &TraceConfig, mountpoint: &Path) -> io::Result<Recorder> {
-        let store = Arc::new(Store::new(config.capacity.max(1)));
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let store = Arc::new(Store::new(config.capacity.max(1), started.as_nanos()));
         let mut file = match &config.file {
             Some(p) => Some(BufWriter::new(File::create(p).map_err(|e| {
                 io::Error::new(
@@ -292,9 +332,6 @@ impl Recorder {
             })?)),
             None => None,
         };
-        let started = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
         if let Some(f) = &mut file {
             let header = Header {
                 rawfs_trace: FORMAT_VERSION,
