@@ -288,7 +288,7 @@ pub struct Event {
     /// of fallocate or copy_file_range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    /// Size returned: bytes read or written, entries listed, value length.
+    /// Size returned: bytes read, written or copied, xattr value or list length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub returned: Option<u64>,
     /// A read that returned less than asked before end of file, or a write that wrote less
