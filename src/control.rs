@@ -455,7 +455,10 @@ fn serve_command(
 }
 
 fn send_event(w: &mut impl Write, e: &Event) -> io::Result<()> {
-    serde_json::to_writer(&mut *w, &json!({ "event": e }))?;
+    serde_json::to_writer(
+        &mut *w,
+        &json!({ "event": crate::trace::format::decorated(e) }),
+    )?;
     w.write_all(b"\n")
 }
 

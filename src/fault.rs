@@ -221,6 +221,8 @@ pub struct Compiled {
     ops: u64,
     filter: Filter,
     flags: i32,
+    /// Access mode named in `match.flags` (`O_RDONLY` is 0: it cannot be a bit to test).
+    accmode: Option<i32>,
     errno: Option<Errno>,
     signal: Option<i32>,
     matched: AtomicU64,
@@ -284,9 +286,17 @@ impl Rule {
         filter.pid = self.matches.pid;
         filter.comm = self.matches.comm.clone();
         let mut flag_bits = 0;
+        let mut accmode = None;
         for f in &self.matches.flags {
-            flag_bits |= flags::open_flag_bits(f)
+            let bits = flags::open_flag_bits(f)
                 .ok_or_else(|| format!("unknown open flag {f:?} in match.flags"))?;
+            if bits & !libc::O_ACCMODE != 0 {
+                flag_bits |= bits;
+            } else if accmode.is_some_and(|m| m != bits) {
+                return Err("match.flags names two access modes".into());
+            } else {
+                accmode = Some(bits);
+            }
         }
         for (name, r) in [
             ("offset", &self.matches.offset),
@@ -370,6 +380,7 @@ impl Rule {
             ops,
             filter,
             flags: flag_bits,
+            accmode,
             errno,
             signal,
             matched: AtomicU64::new(0),
@@ -407,8 +418,20 @@ impl Compiled {
         if self.ops & op_bit(e.op) == 0 || !self.filter.matches(e) {
             return false;
         }
-        if self.flags != 0 && !e.has_flags(self.flags) {
-            return false;
+        if !self.rule.matches.flags.is_empty() {
+            // Other ops use `flags` for other things (rename flags, datasync, access mask...).
+            let open_flags = matches!(
+                e.op,
+                Op::Open | Op::Create | Op::Read | Op::Write | Op::Release | Op::Opendir
+            );
+            if !open_flags
+                || !e.has_flags(self.flags)
+                || self
+                    .accmode
+                    .is_some_and(|m| e.flags.is_none_or(|f| f & libc::O_ACCMODE != m))
+            {
+                return false;
+            }
         }
         let in_range = |r: &Option<Range>, v: Option<u64>| match (r, v) {
             (Some(r), Some(v)) => r.contains(v),
@@ -633,6 +656,17 @@ mod tests {
         assert!(excl.matches(&c));
         c.flags = Some(libc::O_CREAT | libc::O_WRONLY);
         assert!(!excl.matches(&c));
+        // Access modes compare as modes (O_RDONLY is 0), and only open flags are looked at.
+        let rdonly = rule(r#"{"match":{"flags":["O_RDONLY"]},"action":"hold"}"#).unwrap();
+        assert!(!rdonly.matches(&c));
+        assert!(!rdonly.matches(&ev(Op::Getattr, "/p")));
+        c.flags = Some(libc::O_RDONLY);
+        assert!(rdonly.matches(&c));
+        let wronly = rule(r#"{"match":{"flags":["O_WRONLY"]},"action":"hold"}"#).unwrap();
+        let mut rename = ev(Op::Rename, "/p");
+        rename.flags = Some(1); // RENAME_NOREPLACE
+        assert!(!wronly.matches(&rename));
+        assert!(rule(r#"{"match":{"flags":["O_RDONLY","O_RDWR"]},"action":"hold"}"#).is_err());
     }
 
     #[test]

@@ -35,14 +35,17 @@ pub struct ExecWatch {
     counter: AtomicU64,
     /// Times notices were lost (the socket overflowed): every cached entry is then stale.
     lost: AtomicU64,
+    /// The netlink socket.
+    fd: i32,
 }
 
 impl ExecWatch {
-    fn new() -> ExecWatch {
+    fn new(fd: i32) -> ExecWatch {
         ExecWatch {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             counter: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            fd,
         }
     }
 
@@ -55,6 +58,55 @@ impl ExecWatch {
             shard.get(&tid).map_or(0, |(n, _)| *n),
             self.lost.load(Ordering::Relaxed),
         )
+    }
+
+    /// Takes in the notices already queued, without waiting. The kernel queues an exec
+    /// notice before the new program runs, so calling this before trusting the cache for a
+    /// request makes the name right even for the program's very first request.
+    pub fn catch_up(&self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: buf is valid for its length; the socket lives as long as the process.
+            let n = unsafe {
+                libc::recv(
+                    self.fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
+                    self.lost.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                return;
+            }
+            self.absorb(&buf[..n as usize]);
+        }
+    }
+
+    /// Records the exec and exit notices of one datagram.
+    fn absorb(&self, buf: &[u8]) {
+        let mut at = 0usize;
+        while at + NLMSG_HDR <= buf.len() {
+            let Some(len) = get_u32(buf, at).map(|l| l as usize) else {
+                break;
+            };
+            if len < NLMSG_HDR || at + len > buf.len() {
+                break;
+            }
+            let ev = at + NLMSG_HDR + CN_MSG_HDR;
+            let what = get_u32(buf, ev);
+            if what == Some(PROC_EVENT_EXEC) || what == Some(PROC_EVENT_EXIT) {
+                for off in [EVENT_DATA, EVENT_DATA + 4] {
+                    if let Some(id) = get_u32(buf, ev + off) {
+                        self.notice(id);
+                    }
+                }
+            }
+            at += (len + 3) & !3;
+        }
     }
 
     fn notice(&self, tid: u32) {
@@ -77,7 +129,7 @@ static WATCH: OnceLock<Option<&'static ExecWatch>> = OnceLock::new();
 pub fn watch() -> Option<&'static ExecWatch> {
     *WATCH.get_or_init(|| match listen() {
         Ok(fd) => {
-            let w: &'static ExecWatch = Box::leak(Box::new(ExecWatch::new()));
+            let w: &'static ExecWatch = Box::leak(Box::new(ExecWatch::new(fd)));
             let spawned = std::thread::Builder::new()
                 .name("rawfs-execwatch".into())
                 .spawn(move || receive(fd, w));
@@ -196,38 +248,23 @@ fn listen() -> std::io::Result<i32> {
     }
 }
 
+/// Keeps the socket drained when no request does, so that it does not overflow.
 fn receive(fd: i32, watch: &ExecWatch) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: buf is valid for its length.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) | Some(libc::EAGAIN) => {}
+                // Notices were lost: everything cached may be stale.
+                Some(libc::ENOBUFS) => {
+                    watch.lost.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => return,
             }
-            // ENOBUFS: notices were lost; everything cached may be stale.
-            watch.lost.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let mut at = 0usize;
-        let n = n as usize;
-        while at + NLMSG_HDR <= n {
-            let Some(len) = get_u32(&buf[..n], at).map(|l| l as usize) else {
-                break;
-            };
-            if len < NLMSG_HDR || at + len > n {
-                break;
-            }
-            let ev = at + NLMSG_HDR + CN_MSG_HDR;
-            let what = get_u32(&buf[..n], ev);
-            if what == Some(PROC_EVENT_EXEC) || what == Some(PROC_EVENT_EXIT) {
-                for off in [EVENT_DATA, EVENT_DATA + 4] {
-                    if let Some(id) = get_u32(&buf[..n], ev + off) {
-                        watch.notice(id);
-                    }
-                }
-            }
-            at += (len + 3) & !3;
-        }
+        watch.absorb(&buf[..n as usize]);
     }
 }

@@ -161,6 +161,9 @@ fn comm_matches(wanted: &str, comm: &str) -> bool {
 pub struct PathGlob {
     pattern: String,
     matcher: GlobMatcher,
+    /// The literal text every match starts with (up to the first wildcard), checked first:
+    /// most paths fail there, without running the matcher.
+    prefix: String,
 }
 
 impl PathGlob {
@@ -185,15 +188,23 @@ impl PathGlob {
             .empty_alternates(true)
             .build()
             .map_err(|e| bad(e.kind().to_string()))?;
+        let prefix = if full.starts_with('/') {
+            full.chars()
+                .take_while(|c| !matches!(c, '*' | '?' | '[' | '{' | '\\'))
+                .collect()
+        } else {
+            String::new()
+        };
         Ok(PathGlob {
             pattern: pattern.to_string(),
             matcher: glob.compile_matcher(),
+            prefix,
         })
     }
 
     /// True if `path` matches.
     pub fn matches(&self, path: &str) -> bool {
-        self.matcher.is_match(path)
+        path.starts_with(&self.prefix) && self.matcher.is_match(path)
     }
 
     /// The glob as written.

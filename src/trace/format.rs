@@ -27,8 +27,19 @@ pub fn write_header(w: &mut impl Write, h: &Header) -> io::Result<()> {
 
 /// Writes one event as one JSON Lines line.
 pub fn write_event(w: &mut impl Write, e: &Event) -> io::Result<()> {
-    serde_json::to_writer(&mut *w, e)?;
+    serde_json::to_writer(&mut *w, &decorated(e))?;
     w.write_all(b"\n")
+}
+
+/// The event as written out: with `flags_str` filled (the request path leaves it empty).
+pub fn decorated(e: &Event) -> std::borrow::Cow<'_, Event> {
+    if e.flags.is_some() && e.flags_str.is_none() {
+        let mut d = e.clone();
+        decorate(&mut d);
+        std::borrow::Cow::Owned(d)
+    } else {
+        std::borrow::Cow::Borrowed(e)
+    }
 }
 
 /// Reads a JSON Lines trace: an optional header line (recognized by its `rawfs_trace` key,
@@ -730,7 +741,13 @@ mod tests {
         assert!(text.lines().nth(3).unwrap().contains("\"node\":5"));
         let (h, back) = read_jsonl(&buf[..]).unwrap();
         assert_eq!(h, Some(header));
-        assert_eq!(back, events);
+        // Written events carry their decoded flags.
+        let decoded: Vec<Event> = events.iter().map(|e| decorated(e).into_owned()).collect();
+        assert_eq!(back, decoded);
+        assert_eq!(
+            back[0].flags_str.as_deref(),
+            Some("O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC")
+        );
 
         // Without a header, with blank lines and unknown fields.
         let (h, back) =

@@ -181,7 +181,7 @@ impl Store {
             .events
             .iter()
             .filter(|(_, e)| e.seq > after)
-            .map(|(_, e)| e.clone())
+            .map(|(_, e)| readable(e))
             .collect();
         out.sort_by_key(|e| e.seq);
         (out, s.counts)
@@ -195,7 +195,7 @@ impl Store {
             .events
             .iter()
             .filter(|(_, e)| e.seq > after)
-            .map(|(_, e)| e.clone())
+            .map(|(_, e)| readable(e))
             .collect();
         out.sort_by_key(|e| e.seq);
         (out, s.counts, s.next_index)
@@ -214,7 +214,7 @@ impl Store {
                     .events
                     .iter()
                     .filter(|(i, _)| *i >= from)
-                    .map(|(_, e)| e.clone());
+                    .map(|(_, e)| readable(e));
                 return (out.collect(), s.next_index, s.closed);
             }
             let now = Instant::now();
@@ -277,6 +277,11 @@ impl Store {
         drop(s);
         self.changed.notify_all();
     }
+}
+
+/// A stored event as readers get it: with its flags decoded (done here, off the request path).
+fn readable(e: &Event) -> Event {
+    format::decorated(e).into_owned()
 }
 
 /// Numbers, fills and hands over events; owned by the FUSE adapter.
@@ -464,7 +469,7 @@ impl Drop for Recorder {
 /// a wake-up per event costs a context switch on the request path.
 fn collect(rx: Receiver<Event>, store: &Store, mut file: Option<BufWriter<File>>) {
     const BATCH: usize = 4096;
-    const MIN_POLL: Duration = Duration::from_millis(1);
+    const MIN_POLL: Duration = Duration::from_millis(5);
     const MAX_POLL: Duration = Duration::from_millis(50);
     let mut batch = Vec::with_capacity(BATCH);
     let mut poll = MIN_POLL;
@@ -491,8 +496,7 @@ fn collect(rx: Receiver<Event>, store: &Store, mut file: Option<BufWriter<File>>
             continue;
         }
         poll = MIN_POLL;
-        for e in &mut batch {
-            super::decorate(e);
+        for e in &batch {
             if let Some(f) = &mut file {
                 if let Err(err) = format::write_event(f, e) {
                     error!("trace file write failed: {err}");

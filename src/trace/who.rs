@@ -72,7 +72,10 @@ impl WhoCache {
         let shard = &self.shards[tid as usize % SHARDS];
         let now = Instant::now();
         // Taken before reading /proc: an exec during the read makes the entry stale.
-        let epoch = self.watch.map_or((0, 0), |w| w.epoch(tid));
+        let epoch = self.watch.map_or((0, 0), |w| {
+            w.catch_up();
+            w.epoch(tid)
+        });
         let ttl = self.ttl();
         {
             let map = shard.lock().unwrap_or_else(|e| e.into_inner());
