@@ -531,10 +531,13 @@ impl Faults {
 
     /// Checks and adds rules, all or none; returns their ids.
     pub fn add(&self, rules: Vec<Rule>) -> Result<Vec<u64>, String> {
+        // Ids are handed out under the lock and only to rules that are added: a refused
+        // batch uses none, and ids grow in the order the rules are tried.
+        let mut list = self.rules.write().unwrap_or_else(|e| e.into_inner());
+        let first = self.next_id.load(Ordering::Relaxed) + 1;
         let mut compiled = Vec::with_capacity(rules.len());
         for (i, r) in rules.into_iter().enumerate() {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-            let c = r.compile(id).map_err(|e| {
+            let c = r.compile(first + i as u64).map_err(|e| {
                 if i == 0 {
                     e
                 } else {
@@ -543,10 +546,11 @@ impl Faults {
             })?;
             compiled.push(Arc::new(c));
         }
+        self.next_id
+            .fetch_add(compiled.len() as u64, Ordering::Relaxed);
         let ids = compiled.iter().map(|c| c.id).collect();
-        let mut rules = self.rules.write().unwrap_or_else(|e| e.into_inner());
-        rules.extend(compiled);
-        self.count.store(rules.len(), Ordering::Relaxed);
+        list.extend(compiled);
+        self.count.store(list.len(), Ordering::Relaxed);
         Ok(ids)
     }
 

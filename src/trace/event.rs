@@ -310,8 +310,9 @@ pub struct Event {
     /// The errno by name (`"EEXIST"`) when the request failed; absent on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errno: Option<String>,
-    /// What the fault rule did: `errno EIO`, `delay 100ms`, `held 1.2s`, `short 1`,
-    /// `corrupt flip 0+4`, `enospc`, `competitor`, `kill SIGKILL`.
+    /// What the fault rule did: `errno EIO`, `delay 100ms` (or `delay 100ms after`),
+    /// `held 1.2s`, `short 1`, `corrupt flip 0+4`, `enospc after 10000`, `competitor`,
+    /// `kill TERM` (the signal as the rule names it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<String>,
     /// Id of the fault rule that changed this request, if any.
