@@ -336,9 +336,30 @@ fn wait_for(thread: &JoinHandle<io::Result<()>>, limit: Duration) -> bool {
 /// Tells the kernel to fail every request of connection `id` (fusectl), which ends a session
 /// that a lazy unmount left waiting for its last user.
 fn abort_connection(id: u32) {
-    let path = format!("/sys/fs/fuse/connections/{id}/abort");
+    let dir = Path::new("/sys/fs/fuse/connections");
+    if !dir.join(id.to_string()).exists() && is_root() {
+        // The fusectl file system is not always mounted (containers): mount it.
+        let (src, target, fstype) = (c"none", c"/sys/fs/fuse/connections", c"fusectl");
+        // SAFETY: all three are valid NUL-terminated strings; no data argument.
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if r != 0 {
+            warn!("cannot mount fusectl: {}", io::Error::last_os_error());
+        }
+    }
+    let path = dir.join(id.to_string()).join("abort");
     if let Err(e) = std::fs::write(&path, "1") {
-        warn!("cannot abort FUSE connection {id} through {path}: {e}");
+        warn!(
+            "cannot abort FUSE connection {id} through {}: {e}",
+            path.display()
+        );
     }
 }
 

@@ -784,3 +784,35 @@ fn run_passes_the_size_limit_on() {
     assert_success(&out, "rawfs run --size 1M");
     assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
 }
+
+#[test]
+fn dropping_a_guard_on_a_busy_mount_returns_within_seconds_and_leaves_no_mount() {
+    let m = crate::mount_or_skip!();
+    let mountpoint = m.path().to_path_buf();
+    // A process keeps its working directory and an open file in the mount.
+    std::fs::write(m.join("held"), b"x").expect("write");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("exec 3<held; sleep 30")
+        .current_dir(&mountpoint)
+        .spawn()
+        .expect("spawn sh");
+    let fd3 = PathBuf::from(format!("/proc/{}/fd/3", child.id()));
+    wait_until(Duration::from_secs(5), "the child to open the file", || {
+        fs::read_link(&fd3).is_ok_and(|p| p.ends_with("held"))
+    });
+    let start = Instant::now();
+    drop(m);
+    let took = start.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        took < Duration::from_secs(10),
+        "dropping the guard took {took:?}"
+    );
+    assert!(
+        !is_mounted(&mountpoint),
+        "{} is still mounted",
+        mountpoint.display()
+    );
+}
