@@ -8,6 +8,7 @@
 
 pub mod hold;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -516,11 +517,57 @@ impl Compiled {
 /// The rules of one mount.
 #[derive(Debug, Default)]
 pub struct Faults {
-    rules: RwLock<Vec<Arc<Compiled>>>,
+    rules: RwLock<RuleSet>,
     count: AtomicUsize,
     next_id: AtomicU64,
     /// Requests held by `hold` rules.
     pub holds: hold::Holds,
+}
+
+/// The rules in the order they are tried, indexed by the directory their path glob names
+/// literally, so that a request is checked only against rules that could match its path.
+#[derive(Debug, Default)]
+struct RuleSet {
+    list: Vec<Arc<Compiled>>,
+    /// Directory (`/a/b`, from a glob such as `/a/b/*.log`) to the positions of its rules.
+    by_dir: HashMap<String, Vec<usize>>,
+    /// Positions of the rules with no path, or a glob with no literal directory.
+    always: Vec<usize>,
+}
+
+impl RuleSet {
+    fn reindex(&mut self) {
+        self.by_dir.clear();
+        self.always.clear();
+        for (i, r) in self.list.iter().enumerate() {
+            let prefix = r.filter.path.as_ref().map_or("", |g| g.literal_prefix());
+            match prefix.rfind('/') {
+                Some(slash) if slash > 0 => self
+                    .by_dir
+                    .entry(prefix[..slash].to_string())
+                    .or_default()
+                    .push(i),
+                _ => self.always.push(i),
+            }
+        }
+    }
+
+    /// Positions of the rules that could match `e`, in order.
+    fn candidates(&self, e: &Event) -> Vec<usize> {
+        let mut out = self.always.clone();
+        if !self.by_dir.is_empty() {
+            for path in [&e.path, &e.path2].into_iter().flatten() {
+                for (i, _) in path.match_indices('/').skip(1) {
+                    if let Some(rules) = self.by_dir.get(&path[..i]) {
+                        out.extend_from_slice(rules);
+                    }
+                }
+            }
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
+    }
 }
 
 impl Faults {
@@ -549,8 +596,9 @@ impl Faults {
         self.next_id
             .fetch_add(compiled.len() as u64, Ordering::Relaxed);
         let ids = compiled.iter().map(|c| c.id).collect();
-        list.extend(compiled);
-        self.count.store(list.len(), Ordering::Relaxed);
+        list.list.extend(compiled);
+        list.reindex();
+        self.count.store(list.list.len(), Ordering::Relaxed);
         Ok(ids)
     }
 
@@ -560,10 +608,11 @@ impl Faults {
         let missing = ids
             .iter()
             .copied()
-            .filter(|id| !rules.iter().any(|r| r.id == *id))
+            .filter(|id| !rules.list.iter().any(|r| r.id == *id))
             .collect();
-        rules.retain(|r| !ids.contains(&r.id));
-        self.count.store(rules.len(), Ordering::Relaxed);
+        rules.list.retain(|r| !ids.contains(&r.id));
+        rules.reindex();
+        self.count.store(rules.list.len(), Ordering::Relaxed);
         drop(rules);
         for id in ids {
             self.holds.release_rule(*id);
@@ -574,8 +623,9 @@ impl Faults {
     /// Removes every rule and releases every held request; returns how many rules there were.
     pub fn clear(&self) -> usize {
         let mut rules = self.rules.write().unwrap_or_else(|e| e.into_inner());
-        let n = rules.len();
-        rules.clear();
+        let n = rules.list.len();
+        rules.list.clear();
+        rules.reindex();
         self.count.store(0, Ordering::Relaxed);
         drop(rules);
         self.holds.release_all();
@@ -587,6 +637,7 @@ impl Faults {
         self.rules
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .list
             .iter()
             .map(|r| r.status())
             .collect()
@@ -596,7 +647,11 @@ impl Faults {
     /// were added; those after the one that fires are not consulted (nor counted).
     pub fn check(&self, e: &Event) -> Option<Arc<Compiled>> {
         let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
-        rules.iter().find(|r| r.matches(e) && r.fires()).cloned()
+        let found = rules.candidates(e).into_iter().map(|i| &rules.list[i]);
+        found
+            .into_iter()
+            .find(|r| r.matches(e) && r.fires())
+            .cloned()
     }
 }
 
@@ -671,6 +726,29 @@ mod tests {
         rename.flags = Some(1); // RENAME_NOREPLACE
         assert!(!wronly.matches(&rename));
         assert!(rule(r#"{"match":{"flags":["O_RDONLY","O_RDWR"]},"action":"hold"}"#).is_err());
+    }
+
+    #[test]
+    fn rules_are_indexed_by_directory_and_still_tried_in_order() {
+        let faults = Faults::default();
+        let rules = parse_rules(
+            r#"[{"match":{"path":"/logs/*.log"},"action":{"errno":"EIO"}},
+                {"match":{"path":"/other/**"},"action":{"errno":"EIO"}},
+                {"match":{"path":"*.log"},"action":{"errno":"ENOSPC"}},
+                {"match":{"path":"/logs/a.log"},"action":{"errno":"EPERM"}}]"#,
+        )
+        .unwrap();
+        assert_eq!(faults.add(rules).unwrap(), vec![1, 2, 3, 4]);
+        let hit = |path: &str| faults.check(&ev(Op::Read, path)).map(|r| r.id());
+        assert_eq!(hit("/logs/a.log"), Some(1));
+        assert_eq!(hit("/x/b.log"), Some(3));
+        assert_eq!(hit("/other/deep/file"), Some(2));
+        assert_eq!(hit("/logs/a.txt"), None);
+        faults.remove(&[1]);
+        assert_eq!(hit("/logs/a.log"), Some(3));
+        let mut renamed = ev(Op::Rename, "/tmp/x");
+        renamed.path2 = Some("/other/x".into());
+        assert_eq!(faults.check(&renamed).map(|r| r.id()), Some(2));
     }
 
     #[test]

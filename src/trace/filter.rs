@@ -207,6 +207,11 @@ impl PathGlob {
         path.starts_with(&self.prefix) && self.matcher.is_match(path)
     }
 
+    /// The literal text every matching path starts with (empty for a relative glob).
+    pub fn literal_prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The glob as written.
     pub fn as_str(&self) -> &str {
         &self.pattern
