@@ -496,6 +496,7 @@ fn collect(rx: Receiver<Event>, store: &Store, mut file: Option<BufWriter<File>>
             continue;
         }
         poll = MIN_POLL;
+        let backlog = batch.len() == BATCH;
         for e in &batch {
             if let Some(f) = &mut file {
                 if let Err(err) = format::write_event(f, e) {
@@ -505,6 +506,12 @@ fn collect(rx: Receiver<Event>, store: &Store, mut file: Option<BufWriter<File>>
             }
         }
         store.push_all(&mut batch);
+        // Under a steady load, taking events as they trickle in would keep this thread
+        // spinning on a core the requests need: wait for a batch to gather instead, unless
+        // there is a backlog or the channel is closing.
+        if !backlog && !disconnected {
+            store.idle(MIN_POLL);
+        }
     }
     flush(&mut file, store);
     store.lock().closed = true;
