@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use rawfs::{MountConfig, TempMount};
 
 /// Why mounted tests cannot run here, or `None` if they can.
-fn fuse_unavailable() -> Option<String> {
+pub fn fuse_unavailable() -> Option<String> {
     if !Path::new("/dev/fuse").exists() {
         return Some("/dev/fuse does not exist".into());
     }
@@ -29,12 +29,33 @@ pub fn must_run() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// True if FUSE is usable here; otherwise prints why the test is skipped and returns false,
+/// except under CI=true, where it fails the test.
+pub fn fuse_or_skip() -> bool {
+    match fuse_unavailable() {
+        None => true,
+        Some(why) => {
+            assert!(!must_run(), "CI=true but FUSE is unavailable: {why}");
+            eprintln!("SKIPPED: FUSE is unavailable: {why}");
+            false
+        }
+    }
+}
+
+/// Returns from the calling test when FUSE is unavailable (see [`fuse_or_skip`]).
+#[macro_export]
+macro_rules! fuse_or_skip {
+    () => {
+        if !$crate::common::fuse_or_skip() {
+            return;
+        }
+    };
+}
+
 /// Mounts rawfs with `config` on a fresh temp dir, or returns `None` after printing why the
 /// test is skipped. Under CI=true, not being able to mount fails the test.
 pub fn mount_with(config: &MountConfig) -> Option<TempMount> {
-    if let Some(why) = fuse_unavailable() {
-        assert!(!must_run(), "CI=true but FUSE is unavailable: {why}");
-        eprintln!("SKIPPED: FUSE is unavailable: {why}");
+    if !fuse_or_skip() {
         return None;
     }
     match TempMount::with_config(config) {

@@ -35,7 +35,8 @@ use rawfs::trace::{Event, Op};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::common::{code, errno, must_run, rawfs_bin};
+use crate::common::{code, errno, rawfs_bin};
+use crate::fuse_or_skip;
 use crate::mount_or_skip;
 
 /// How long a test waits for something that should happen at once.
@@ -1051,33 +1052,6 @@ fn bad_rules_and_bad_lines_on_the_socket_are_refused_and_leave_the_rules_alone()
 
 // ---------------------------------------------------------------------------------------------
 // The CLI
-
-/// Returns from the calling test, after saying why, when FUSE is unavailable (and fails
-/// instead under CI=true): the rule of `common`, for tests that mount with the binary.
-macro_rules! fuse_or_skip {
-    () => {
-        if let Some(why) = fuse_unavailable() {
-            assert!(!must_run(), "CI=true but FUSE is unavailable: {why}");
-            eprintln!("SKIPPED: FUSE is unavailable: {why}");
-            return;
-        }
-    };
-}
-
-fn fuse_unavailable() -> Option<String> {
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse does not exist".into());
-    }
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    let fusermount = ["/usr/bin/fusermount3", "/bin/fusermount3"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    if !root && !fusermount {
-        return Some("not root and fusermount3 is not installed".into());
-    }
-    None
-}
 
 /// A runtime directory of its own (sockets, logs), and `rawfs` run with it.
 struct Runtime(TempDir);

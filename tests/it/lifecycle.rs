@@ -18,32 +18,6 @@ use std::time::{Duration, Instant};
 
 use crate::common;
 
-/// Why the mounting CLI tests cannot run here, following the rule of `common`: print
-/// "SKIPPED: reason" and return false, except under CI=true, where it fails the test.
-fn fuse_or_skip() -> bool {
-    let why = if !Path::new("/dev/fuse").exists() {
-        Some("/dev/fuse does not exist")
-    } else {
-        // SAFETY: geteuid cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
-        let fusermount = ["/usr/bin/fusermount3", "/bin/fusermount3"]
-            .iter()
-            .any(|p| Path::new(p).exists());
-        (!root && !fusermount).then_some("not root and fusermount3 is not installed")
-    };
-    match why {
-        None => true,
-        Some(why) => {
-            assert!(
-                !common::must_run(),
-                "CI=true but FUSE is unavailable: {why}"
-            );
-            eprintln!("SKIPPED: FUSE is unavailable: {why}");
-            false
-        }
-    }
-}
-
 /// Undoes mountinfo's octal escapes (`\040` for a space).
 fn unescape(field: &str) -> Vec<u8> {
     let b = field.as_bytes();
@@ -317,7 +291,7 @@ fn os(s: &str) -> &OsStr {
 // Foreground mount and signals.
 
 fn foreground_mount_ends_cleanly_on(signal: i32) {
-    if !fuse_or_skip() {
+    if !common::fuse_or_skip() {
         return;
     }
     let mut s = Scene::new();
@@ -386,7 +360,7 @@ fn cmdline(pid: u32) -> Vec<String> {
 
 #[test]
 fn daemon_returns_once_mounted_and_umount_waits_for_it_to_exit() {
-    if !fuse_or_skip() {
+    if !common::fuse_or_skip() {
         return;
     }
     let s = Scene::new();
@@ -418,7 +392,7 @@ fn daemon_returns_once_mounted_and_umount_waits_for_it_to_exit() {
 
 #[test]
 fn daemon_passes_size_cache_and_threads_on() {
-    if !fuse_or_skip() {
+    if !common::fuse_or_skip() {
         return;
     }
     let s = Scene::new();
@@ -463,7 +437,7 @@ fn daemon_passes_size_cache_and_threads_on() {
 
 #[test]
 fn killed_daemon_leaves_a_stale_mount_that_umount_clears() {
-    if !fuse_or_skip() {
+    if !common::fuse_or_skip() {
         return;
     }
     let s = Scene::new();
@@ -505,7 +479,7 @@ fn killed_daemon_leaves_a_stale_mount_that_umount_clears() {
 
 #[test]
 fn busy_mount_needs_lazy_and_the_daemon_exits_when_it_is_free() {
-    if !fuse_or_skip() {
+    if !common::fuse_or_skip() {
         return;
     }
     let mut s = Scene::new();
@@ -544,7 +518,7 @@ fn busy_mount_needs_lazy_and_the_daemon_exits_when_it_is_free() {
 
 #[test]
 fn mount_points_that_differ_after_a_dot_have_their_own_daemons() {
-    if !fuse_or_skip() {
+    if !common::fuse_or_skip() {
         return;
     }
     let mut s = Scene::new();
@@ -571,7 +545,7 @@ fn mount_points_that_differ_after_a_dot_have_their_own_daemons() {
 /// zombie: the daemon's parent exits at once, and some containers' init never reaps).
 #[test]
 fn umount_does_not_wait_for_an_unreaped_daemon() {
-    if !fuse_or_skip() {
+    if !common::fuse_or_skip() {
         return;
     }
     let s = Scene::new();
@@ -701,7 +675,7 @@ fn run_without_a_command_is_a_usage_error() {
 
 #[test]
 fn run_gives_the_command_a_fresh_mount_as_its_working_directory() {
-    if !fuse_or_skip() {
+    if !common::fuse_or_skip() {
         return;
     }
     let s = Scene::new();
@@ -739,7 +713,7 @@ fn run_gives_the_command_a_fresh_mount_as_its_working_directory() {
 
 #[test]
 fn run_exits_with_the_commands_status() {
-    if !fuse_or_skip() {
+    if !common::fuse_or_skip() {
         return;
     }
     let s = Scene::new();
@@ -768,7 +742,7 @@ fn run_exits_with_the_commands_status() {
 
 #[test]
 fn run_passes_the_size_limit_on() {
-    if !fuse_or_skip() {
+    if !common::fuse_or_skip() {
         return;
     }
     let s = Scene::new();

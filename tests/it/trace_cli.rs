@@ -18,41 +18,14 @@ use rawfs::trace::{Event, FORMAT_VERSION, Header, Op};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::common::{must_run, rawfs_bin};
+use crate::common::rawfs_bin;
+use crate::fuse_or_skip;
 
 /// How long a test waits for a line from `rawfs trace --follow`.
 const WAIT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// Why the binary cannot mount here, or `None` if it can (the rule of `common`).
-fn fuse_unavailable() -> Option<String> {
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse does not exist".into());
-    }
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    let fusermount = ["/usr/bin/fusermount3", "/bin/fusermount3"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    if !root && !fusermount {
-        return Some("not root and fusermount3 is not installed".into());
-    }
-    None
-}
-
-/// Returns from the calling test, after saying why, when FUSE is unavailable (and fails
-/// instead under CI=true).
-macro_rules! fuse_or_skip {
-    () => {
-        if let Some(why) = fuse_unavailable() {
-            assert!(!must_run(), "CI=true but FUSE is unavailable: {why}");
-            eprintln!("SKIPPED: FUSE is unavailable: {why}");
-            return;
-        }
-    };
-}
 
 /// A runtime directory of its own, so that sockets and logs of parallel tests never meet.
 struct Runtime(TempDir);
