@@ -3,7 +3,8 @@
 //!
 //! The directory is `$RAWFS_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/rawfs`, else `/run/rawfs`
 //! for root and `/tmp/rawfs-UID` for other users. Each mount has files named after its
-//! absolute mount point with `/` written as `%2F` (and `%` as `%25`).
+//! absolute mount point with `/` written as `%2F` (and `%` as `%25`); a name longer than 64
+//! bytes is replaced by `hash-` and the FNV-1a 64-bit hash of the path in 16 hex digits.
 
 use std::fs;
 use std::io;
@@ -34,6 +35,16 @@ pub fn runtime_dir() -> io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Longest escaped mount point used as a file name; longer ones are hashed.
+const MAX_NAME: usize = 64;
+
+/// FNV-1a, 64 bits: a stable, documented hash other languages can compute too.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// The files one mount's daemon keeps in the runtime directory.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -48,8 +59,14 @@ impl Entry {
             .to_string_lossy()
             .replace('%', "%25")
             .replace('/', "%2F");
+        // A Unix socket path holds at most 107 bytes: long names are replaced by a hash.
+        let name = if escaped.len() > MAX_NAME {
+            format!("hash-{:016x}", fnv1a(abs.as_os_str().as_encoded_bytes()))
+        } else {
+            escaped
+        };
         Ok(Entry {
-            base: runtime_dir()?.join(escaped),
+            base: runtime_dir()?.join(name),
         })
     }
 
@@ -123,5 +140,29 @@ pub fn absolute(path: &Path) -> io::Result<PathBuf> {
             Err(_) => Ok(p),
         },
         _ => Ok(p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_mount_points_get_short_names_that_fit_a_socket_path() {
+        let deep = PathBuf::from(format!("/tmp/{}", "deep/".repeat(40)));
+        let e = Entry::for_mountpoint(&deep).unwrap();
+        let name = e
+            .socket_file()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            name.starts_with("hash-") && name.len() == "hash-".len() + 16 + 5,
+            "{name}"
+        );
+        let short = Entry::for_mountpoint(Path::new("/mnt/raw")).unwrap();
+        assert!(short.socket_file().ends_with("%2Fmnt%2Fraw.sock"));
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

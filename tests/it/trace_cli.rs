@@ -838,3 +838,25 @@ fn trace_and_status_on_a_plain_directory_say_no_daemon_answers() {
         assert!(stderr.contains(s(dir.path())), "{cmd}: {stderr}");
     }
 }
+
+#[test]
+fn a_deeply_nested_mount_point_still_gets_a_control_socket() {
+    fuse_or_skip!();
+    let rt = Runtime::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut deep = dir.path().canonicalize().expect("canonical");
+    for _ in 0..8 {
+        deep.push("a-rather-long-name");
+    }
+    std::fs::create_dir_all(&deep).expect("mkdir");
+    let d = Daemon {
+        rt,
+        mp: deep,
+        _dir: dir,
+    };
+    d.rt.rawfs_ok(&["mount", "--daemon", d.mp()]);
+    std::fs::write(d.join("f"), b"x").expect("write through the mount");
+    let status = text(&d.rt.rawfs_ok(&["status", d.mp(), "--json"]).stdout);
+    assert!(status.contains(d.mp()), "{status}");
+    assert!(d.trace(&["--op", "create"]).contains("create(\"/f\""));
+}
