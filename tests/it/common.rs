@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use tempfile::TempDir;
 
 use rawfs::{MountConfig, TempMount};
 
@@ -141,4 +143,105 @@ pub fn rawfs_bin() -> &'static str {
 pub fn cpath(p: &Path) -> std::ffi::CString {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(p.as_os_str().as_bytes()).expect("no NUL in path")
+}
+
+/// A path as a &str, for command lines.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// Bytes of program output as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A runtime directory of its own (sockets, logs), so that parallel tests driving the
+/// `rawfs` binary never meet, and `rawfs` run with it.
+pub struct Runtime(pub TempDir);
+
+impl Runtime {
+    /// A fresh runtime directory.
+    pub fn new() -> Runtime {
+        Runtime(tempfile::tempdir().expect("runtime dir"))
+    }
+
+    /// `rawfs ARGS` from `/`, with this runtime directory and no input.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(rawfs_bin());
+        c.args(args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .env("RAWFS_RUNTIME_DIR", self.0.path())
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    /// Runs `rawfs ARGS`; returns its output.
+    pub fn rawfs(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run rawfs")
+    }
+
+    /// Like [`Runtime::rawfs`], asserting that it exits 0.
+    pub fn rawfs_ok(&self, args: &[&str]) -> Output {
+        let out = self.rawfs(args);
+        assert!(
+            out.status.success(),
+            "rawfs {args:?} failed: {}\nstdout: {}\nstderr: {}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    }
+}
+
+/// A `rawfs mount --daemon` with its own runtime directory; unmounted when dropped, with
+/// `rawfs umount --lazy` and then, if that left it mounted, `umount -l`.
+pub struct Daemon {
+    /// The runtime directory the daemon and the CLI use.
+    pub rt: Runtime,
+    mp: PathBuf,
+    _dir: TempDir,
+}
+
+impl Daemon {
+    /// Mounts on a fresh directory with extra `rawfs mount` options.
+    pub fn start(opts: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("mount point");
+        let mp = dir.path().canonicalize().expect("canonical mount point");
+        Daemon::start_at(dir, mp, opts)
+    }
+
+    /// Mounts on `mp`, an empty directory inside `dir` (removed when dropped).
+    pub fn start_at(dir: TempDir, mp: PathBuf, opts: &[&str]) -> Daemon {
+        let d = Daemon {
+            rt: Runtime::new(),
+            mp,
+            _dir: dir,
+        };
+        let mut args = vec!["mount", "--daemon"];
+        args.extend_from_slice(opts);
+        args.push(d.mp());
+        d.rt.rawfs_ok(&args);
+        d
+    }
+
+    /// The mount point.
+    pub fn mp(&self) -> &str {
+        s(&self.mp)
+    }
+
+    /// A path inside the mount.
+    pub fn join(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.mp())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.rt.rawfs(&["umount", "--lazy", self.mp()]);
+        if rawfs::mount::is_rawfs_mount(&self.mp) || rawfs::mount::is_stale(&self.mp) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mp).status();
+        }
+    }
 }

@@ -24,7 +24,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,9 +33,8 @@ use rawfs::check::{Check, run_checks};
 use rawfs::fault::{Rule, parse_rules};
 use rawfs::trace::{Event, Op};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
-use crate::common::{code, errno, rawfs_bin};
+use crate::common::{Daemon, Runtime, code, errno, s, text};
 use crate::fuse_or_skip;
 use crate::mount_or_skip;
 
@@ -82,15 +81,6 @@ fn on<'a>(events: &'a [Event], op: Op, path: &str) -> Vec<&'a Event> {
         .iter()
         .filter(|e| e.op == op && e.path.as_deref() == Some(path))
         .collect()
-}
-
-/// A path as a &str, for command lines.
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// A python3 command running `program` from `/` with argv[1..] = `args`.
@@ -1053,39 +1043,10 @@ fn bad_rules_and_bad_lines_on_the_socket_are_refused_and_leave_the_rules_alone()
 // ---------------------------------------------------------------------------------------------
 // The CLI
 
-/// A runtime directory of its own (sockets, logs), and `rawfs` run with it.
-struct Runtime(TempDir);
-
 impl Runtime {
-    fn new() -> Runtime {
-        Runtime(tempfile::tempdir().expect("runtime dir"))
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(rawfs_bin());
-        c.args(args)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .env("RAWFS_RUNTIME_DIR", self.0.path())
-            .env_remove("RUST_LOG");
-        c
-    }
-
-    fn rawfs(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run rawfs")
-    }
-
     /// Runs `rawfs ARGS`, asserting it exits 0; returns stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.rawfs(args);
-        assert!(
-            out.status.success(),
-            "rawfs {args:?} failed: {}\nstdout: {}\nstderr: {}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
+        text(&self.rawfs_ok(args).stdout)
     }
 
     /// Runs `rawfs ARGS`, asserting it fails; returns stderr.
@@ -1107,35 +1068,7 @@ impl Runtime {
     }
 }
 
-/// A `rawfs mount --daemon` on a fresh directory, unmounted when dropped (`rawfs umount
-/// --lazy`, then `umount -l` if it is still there).
-struct Daemon {
-    rt: Runtime,
-    mp: PathBuf,
-    _dir: TempDir,
-}
-
 impl Daemon {
-    fn start(opts: &[&str]) -> Daemon {
-        let rt = Runtime::new();
-        let dir = tempfile::tempdir().expect("mount point");
-        let mp = dir.path().canonicalize().unwrap();
-        let d = Daemon { rt, mp, _dir: dir };
-        let mut args = vec!["mount", "--daemon"];
-        args.extend_from_slice(opts);
-        args.push(s(&d.mp));
-        d.rt.ok(&args);
-        d
-    }
-
-    fn mp(&self) -> &str {
-        s(&self.mp)
-    }
-
-    fn join(&self, rel: &str) -> String {
-        format!("{}/{rel}", self.mp())
-    }
-
     /// `rawfs fault SUB MP ARGS...`, asserting success; returns stdout.
     fn fault(&self, sub: &str, args: &[&str]) -> String {
         let mut all = vec!["fault", sub, self.mp()];
@@ -1149,15 +1082,6 @@ impl Daemon {
             .lines()
             .map(|l| serde_json::from_str(l).expect("JSON rule"))
             .collect()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.rt.rawfs(&["umount", "--lazy", self.mp()]);
-        if rawfs::mount::is_rawfs_mount(&self.mp) || rawfs::mount::is_stale(&self.mp) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mp).status();
-        }
     }
 }
 

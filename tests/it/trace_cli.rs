@@ -8,17 +8,16 @@
 //! pyenv shim looking for `.python-version`) touches the mount.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rawfs::trace::format::read_jsonl;
 use rawfs::trace::{Event, FORMAT_VERSION, Header, Op};
 use serde_json::Value;
-use tempfile::TempDir;
 
-use crate::common::rawfs_bin;
+use crate::common::{Daemon, Runtime, s, text};
 use crate::fuse_or_skip;
 
 /// How long a test waits for a line from `rawfs trace --follow`.
@@ -27,76 +26,7 @@ const WAIT: Duration = Duration::from_secs(5);
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// A runtime directory of its own, so that sockets and logs of parallel tests never meet.
-struct Runtime(TempDir);
-
-impl Runtime {
-    fn new() -> Runtime {
-        Runtime(tempfile::tempdir().expect("runtime dir"))
-    }
-
-    /// `rawfs ARGS` run from `/` with this runtime directory; returns its output.
-    fn rawfs(&self, args: &[&str]) -> Output {
-        self.command(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run rawfs")
-    }
-
-    /// Like [`Runtime::rawfs`], asserting that it exits 0.
-    fn rawfs_ok(&self, args: &[&str]) -> Output {
-        let out = self.rawfs(args);
-        assert!(
-            out.status.success(),
-            "rawfs {args:?} failed: {}\nstdout: {}\nstderr: {}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        out
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(rawfs_bin());
-        c.args(args)
-            .current_dir("/")
-            .env("RAWFS_RUNTIME_DIR", self.0.path())
-            .env_remove("RUST_LOG");
-        c
-    }
-}
-
-/// A `rawfs mount --daemon` on a fresh directory; unmounted when dropped, with
-/// `rawfs umount --lazy` and then, if that left it mounted, `umount -l`.
-struct Daemon {
-    rt: Runtime,
-    mp: PathBuf,
-    _dir: TempDir,
-}
-
 impl Daemon {
-    /// Mounts with extra `rawfs mount` options.
-    fn start(opts: &[&str]) -> Daemon {
-        let rt = Runtime::new();
-        let dir = tempfile::tempdir().expect("mount point");
-        let mp = dir.path().canonicalize().expect("canonical mount point");
-        let d = Daemon { rt, mp, _dir: dir };
-        let mut args = vec!["mount", "--daemon"];
-        args.extend_from_slice(opts);
-        args.push(d.mp());
-        d.rt.rawfs_ok(&args);
-        d
-    }
-
-    fn mp(&self) -> &str {
-        s(&self.mp)
-    }
-
-    /// A path inside the mount.
-    fn join(&self, rel: &str) -> String {
-        format!("{}/{rel}", self.mp())
-    }
-
     /// `rawfs trace MP ARGS`, asserting success; returns stdout.
     fn trace(&self, args: &[&str]) -> String {
         let mut all = vec!["trace", self.mp()];
@@ -110,15 +40,6 @@ impl Daemon {
         all.extend_from_slice(args);
         let out = self.trace(&all);
         read_jsonl(out.as_bytes()).unwrap_or_else(|e| panic!("bad JSON Lines ({e}):\n{out}"))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.rt.rawfs(&["umount", "--lazy", self.mp()]);
-        if rawfs::mount::is_rawfs_mount(&self.mp) || rawfs::mount::is_stale(&self.mp) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mp).status();
-        }
     }
 }
 
@@ -179,14 +100,6 @@ impl Drop for Follower {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
 }
 
 /// Runs a python3 program from `/` with argv[1..] = `args`, asserting success; returns stdout.
@@ -842,19 +755,13 @@ fn trace_and_status_on_a_plain_directory_say_no_daemon_answers() {
 #[test]
 fn a_deeply_nested_mount_point_still_gets_a_control_socket() {
     fuse_or_skip!();
-    let rt = Runtime::new();
     let dir = tempfile::tempdir().expect("dir");
     let mut deep = dir.path().canonicalize().expect("canonical");
     for _ in 0..8 {
         deep.push("a-rather-long-name");
     }
     std::fs::create_dir_all(&deep).expect("mkdir");
-    let d = Daemon {
-        rt,
-        mp: deep,
-        _dir: dir,
-    };
-    d.rt.rawfs_ok(&["mount", "--daemon", d.mp()]);
+    let d = Daemon::start_at(dir, deep, &[]);
     std::fs::write(d.join("f"), b"x").expect("write through the mount");
     let status = text(&d.rt.rawfs_ok(&["status", d.mp(), "--json"]).stdout);
     assert!(status.contains(d.mp()), "{status}");
