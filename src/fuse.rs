@@ -376,6 +376,29 @@ impl RawFs {
         }
     }
 
+    /// fsync and fsyncdir: the same request on a file or a directory handle.
+    fn sync(
+        &self,
+        req: &Request,
+        op: Op,
+        i: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.call(
+            req,
+            op,
+            |e, fs| {
+                on_handle(e, fs, ino(i), fh.0);
+                e.flags = Some(i32::from(datasync));
+            },
+            |fs| fs.fsync(fh.0),
+            nothing,
+        );
+        Self::empty(r, reply);
+    }
+
     /// getxattr/listxattr: a zero size asks for the length; a too small buffer is ERANGE.
     fn xattr(
         &self,
@@ -844,17 +867,7 @@ impl Filesystem for RawFs {
     }
 
     fn fsync(&self, req: &Request, i: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        let r = self.call(
-            req,
-            Op::Fsync,
-            |e, fs| {
-                on_handle(e, fs, ino(i), fh.0);
-                e.flags = Some(i32::from(datasync));
-            },
-            |fs| fs.fsync(fh.0),
-            nothing,
-        );
-        Self::empty(r, reply);
+        self.sync(req, Op::Fsync, i, fh, datasync, reply);
     }
 
     fn opendir(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -928,17 +941,7 @@ impl Filesystem for RawFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.call(
-            req,
-            Op::Fsyncdir,
-            |e, fs| {
-                on_handle(e, fs, ino(i), fh.0);
-                e.flags = Some(i32::from(datasync));
-            },
-            |fs| fs.fsync(fh.0),
-            nothing,
-        );
-        Self::empty(r, reply);
+        self.sync(req, Op::Fsyncdir, i, fh, datasync, reply);
     }
 
     fn statfs(&self, req: &Request, i: INodeNo, reply: ReplyStatfs) {
