@@ -337,8 +337,9 @@ fn wait_for(thread: &JoinHandle<io::Result<()>>, limit: Duration) -> bool {
 /// that a lazy unmount left waiting for its last user.
 fn abort_connection(id: u32) {
     let dir = Path::new("/sys/fs/fuse/connections");
-    if !dir.join(id.to_string()).exists() && is_root() {
-        // The fusectl file system is not always mounted (containers): mount it.
+    // The fusectl file system is not always mounted (containers): mount it for this, and
+    // take it away again afterwards.
+    let mounted_here = !dir.join(id.to_string()).exists() && is_root() && {
         let (src, target, fstype) = (c"none", c"/sys/fs/fuse/connections", c"fusectl");
         // SAFETY: all three are valid NUL-terminated strings; no data argument.
         let r = unsafe {
@@ -353,13 +354,17 @@ fn abort_connection(id: u32) {
         if r != 0 {
             warn!("cannot mount fusectl: {}", io::Error::last_os_error());
         }
-    }
+        r == 0
+    };
     let path = dir.join(id.to_string()).join("abort");
     if let Err(e) = std::fs::write(&path, "1") {
         warn!(
             "cannot abort FUSE connection {id} through {}: {e}",
             path.display()
         );
+    }
+    if mounted_here {
+        let _ = umount2(dir, libc::MNT_DETACH);
     }
 }
 
