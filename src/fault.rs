@@ -555,17 +555,15 @@ impl RuleSet {
     /// Positions of the rules that could match `e`, in order.
     fn candidates(&self, e: &Event) -> Vec<usize> {
         let mut out = self.always.clone();
-        if !self.by_dir.is_empty() {
-            for path in [&e.path, &e.path2].into_iter().flatten() {
-                for (i, _) in path.match_indices('/').skip(1) {
-                    if let Some(rules) = self.by_dir.get(&path[..i]) {
-                        out.extend_from_slice(rules);
-                    }
+        for path in [&e.path, &e.path2].into_iter().flatten() {
+            for (i, _) in path.match_indices('/').skip(1) {
+                if let Some(rules) = self.by_dir.get(&path[..i]) {
+                    out.extend_from_slice(rules);
                 }
             }
-            out.sort_unstable();
-            out.dedup();
         }
+        out.sort_unstable();
+        out.dedup();
         out
     }
 }
@@ -647,11 +645,13 @@ impl Faults {
     /// were added; those after the one that fires are not consulted (nor counted).
     pub fn check(&self, e: &Event) -> Option<Arc<Compiled>> {
         let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
+        let fires = |r: &&Arc<Compiled>| r.matches(e) && r.fires();
+        if rules.by_dir.is_empty() {
+            // Nothing is indexed: every rule is a candidate, no list to build.
+            return rules.list.iter().find(fires).cloned();
+        }
         let found = rules.candidates(e).into_iter().map(|i| &rules.list[i]);
-        found
-            .into_iter()
-            .find(|r| r.matches(e) && r.fires())
-            .cloned()
+        found.into_iter().find(fires).cloned()
     }
 }
 
