@@ -528,14 +528,14 @@ impl Filesystem for RawFs {
             |e, fs| {
                 on_inode(e, fs, ino(i));
                 e.fh = fh.map(|f| f.0);
-                e.set = Some(SetattrFields {
+                e.set = Some(Box::new(SetattrFields {
                     mode,
                     uid,
                     gid,
                     size,
                     atime: time_spec(set_time(atime)),
                     mtime: time_spec(set_time(mtime)),
-                });
+                }));
             },
             |fs| fs.setattr(ino(i), &set),
             nothing,

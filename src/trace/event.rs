@@ -275,9 +275,9 @@ pub struct Event {
     /// xattr name, or the target of a symlink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Fields of a setattr.
+    /// Fields of a setattr (boxed: rare, and large beside the other fields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub set: Option<SetattrFields>,
+    pub set: Option<Box<SetattrFields>>,
     /// Offset of a read, write, readdir, fallocate, lseek or copy_file_range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<i64>,

@@ -6,7 +6,7 @@
 //! falls back to a short time-to-live.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,11 @@ pub struct ExecWatch {
     counter: AtomicU64,
     /// Times notices were lost (the socket overflowed): every cached entry is then stale.
     lost: AtomicU64,
+    /// The receiving thread runs with real-time priority: it takes in a notice the moment
+    /// the kernel queues it, so requests need not read the socket themselves.
+    prompt: AtomicBool,
+    /// The receiving thread has taken a datagram from the socket and not yet recorded it.
+    absorbing: AtomicBool,
     /// The netlink socket.
     fd: i32,
 }
@@ -45,6 +50,8 @@ impl ExecWatch {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             counter: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            prompt: AtomicBool::new(false),
+            absorbing: AtomicBool::new(false),
             fd,
         }
     }
@@ -60,10 +67,37 @@ impl ExecWatch {
         )
     }
 
-    /// Takes in the notices already queued, without waiting. The kernel queues an exec
-    /// notice before the new program runs, so calling this before trusting the cache for a
-    /// request makes the name right even for the program's very first request.
+    /// Makes sure the notices the kernel queued so far are taken in, so that a cache entry
+    /// checked against [`ExecWatch::epoch`] afterwards is current. The kernel queues an exec
+    /// notice before the new program runs, so this makes the name right even for the
+    /// program's very first request.
+    ///
+    /// When the receiving thread runs with real-time priority, the kernel wakes it and runs it
+    /// as soon as a notice is queued, long before the exec'd program can send a request (it
+    /// must first be loaded): then this only waits for a notice being recorded, and costs no
+    /// system call. Otherwise it reads the queued notices itself, without waiting.
     pub fn catch_up(&self) {
+        if !self.prompt.load(Ordering::Acquire) {
+            self.read_queued();
+        }
+        let mut spins = 0u32;
+        while self.absorbing.load(Ordering::Acquire) {
+            spins += 1;
+            if spins < 1000 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// True if the receiving thread takes in notices as they are queued (real-time priority).
+    pub fn is_prompt(&self) -> bool {
+        self.prompt.load(Ordering::Acquire)
+    }
+
+    /// Takes in the notices already queued, without waiting.
+    fn read_queued(&self) {
         let mut buf = [0u8; 4096];
         loop {
             // SAFETY: buf is valid for its length; the socket lives as long as the process.
@@ -248,12 +282,24 @@ fn listen() -> std::io::Result<i32> {
     }
 }
 
-/// Keeps the socket drained when no request does, so that it does not overflow.
+/// Takes in notices as they come. With real-time priority (root may set it), this thread
+/// runs the moment a notice is queued, so requests need not read the socket themselves;
+/// without it, it only keeps the socket from overflowing between requests.
 fn receive(fd: i32, watch: &ExecWatch) {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sets the scheduling policy of the calling thread; param is valid.
+    let realtime =
+        unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) } == 0;
+    if !realtime {
+        log::debug!("exec notices: no real-time priority; each request reads queued notices");
+    }
+    watch.prompt.store(realtime, Ordering::Release);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: buf is valid for its length.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        // Requests wait while a datagram taken from the socket is not yet recorded.
+        watch.absorbing.store(true, Ordering::Release);
         if n < 0 {
             match std::io::Error::last_os_error().raw_os_error() {
                 Some(libc::EINTR) | Some(libc::EAGAIN) => {}
@@ -261,10 +307,16 @@ fn receive(fd: i32, watch: &ExecWatch) {
                 Some(libc::ENOBUFS) => {
                     watch.lost.fetch_add(1, Ordering::Relaxed);
                 }
-                _ => return,
+                _ => {
+                    watch.absorbing.store(false, Ordering::Release);
+                    watch.prompt.store(false, Ordering::Release);
+                    return;
+                }
             }
+            watch.absorbing.store(false, Ordering::Release);
             continue;
         }
         watch.absorb(&buf[..n as usize]);
+        watch.absorbing.store(false, Ordering::Release);
     }
 }

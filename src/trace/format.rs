@@ -694,13 +694,13 @@ mod tests {
             ..base(3, Op::Rename, "/a")
         };
         let setattr = Event {
-            set: Some(SetattrFields {
+            set: Some(Box::new(SetattrFields {
                 size: Some(0),
                 mode: Some(0o644),
                 mtime: Some(TimeSpec::Now),
                 atime: Some(TimeSpec::Ns(-1_500_000_000)),
                 ..SetattrFields::default()
-            }),
+            })),
             ..base(4, Op::Setattr, "/f")
         };
         let failed = Event {

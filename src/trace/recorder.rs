@@ -1,19 +1,21 @@
 //! The recorder: takes one event per request from the session threads and keeps it.
 //!
-//! The request path only numbers the event (one atomic counter), fills plain fields and hands
-//! it to a bounded channel. A collector thread ("rawfs-trace") decodes flags, appends the
-//! event to the in-memory buffer (the newest `capacity` events) and, when a trace file is set,
-//! writes it as a JSON line. If the channel is full, the overflow policy decides: `Wait`
-//! (the request waits for the collector; nothing is lost) or `Drop` (the event is dropped and
-//! counted). Events evicted from the full buffer are counted too; both counts are reported
-//! with every read of the buffer.
+//! The request path only numbers the event (one atomic counter), fills plain fields and
+//! appends it to its thread's lane: a short vector behind a lock that only that thread and,
+//! every few milliseconds, the collector take. The collector thread ("rawfs-trace") swaps
+//! each lane's vector for an empty one (the two are reused, so the memory the request path
+//! writes stays in cache), merges the lanes in sequence order into the in-memory buffer (the
+//! newest `capacity` events) and, when a trace file is set, writes them as JSON lines. If a
+//! lane is full, the overflow policy decides: `Wait` (the request waits for the collector;
+//! nothing is lost) or `Drop` (the event is dropped and counted). Events evicted from the
+//! full buffer are counted too; both counts are reported with every read of the buffer.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,8 +26,12 @@ use super::event::{Event, FORMAT_VERSION, Header, Op};
 use super::format;
 use super::who::{Who, WhoCache};
 
-/// Events in flight between the session threads and the collector.
-const CHANNEL: usize = 16 * 1024;
+/// Lanes per recorder; session threads are spread over them.
+const LANES: usize = 16;
+/// Events a lane holds before the overflow policy applies.
+const LANE_CAPACITY: usize = 4096;
+/// Events the buffer reserves room for at the start (it grows beyond, up to its capacity).
+const RESERVE: usize = 128 * 1024;
 
 /// What to do when the collector falls behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -104,7 +110,7 @@ impl Store {
     fn new(capacity: usize, started_unix_ns: u128) -> Store {
         Store {
             inner: Mutex::new(StoreInner {
-                events: VecDeque::new(),
+                events: VecDeque::with_capacity(capacity.min(RESERVE)),
                 capacity,
                 counts: Counts::default(),
                 closed: false,
@@ -127,11 +133,7 @@ impl Store {
     /// Readers call this so that what a program did just before is in what they read.
     pub fn sync(&self, timeout: Duration) -> bool {
         let target = self.numbered.load(Ordering::Acquire);
-        {
-            let mut s = self.lock();
-            s.kicked = true;
-            self.kick.notify_all();
-        }
+        self.wake_collector();
         self.wait_until(timeout, |s| {
             s.counts.recorded + s.counts.dropped >= target || s.closed
         })
@@ -153,6 +155,13 @@ impl Store {
                 .0;
         }
         true
+    }
+
+    /// Asks the collector to take in the lanes now.
+    fn wake_collector(&self) {
+        let mut s = self.lock();
+        s.kicked = true;
+        self.kick.notify_all();
     }
 
     /// Sleeps up to `poll`, or until a reader kicks.
@@ -261,21 +270,51 @@ impl Store {
         self.wait_until(timeout, |s| s.closed)
     }
 
-    /// Stores a batch of events (emptying `batch`), evicting the oldest beyond capacity.
-    fn push_all(&self, batch: &mut Vec<Event>) {
+    /// Stores the events taken from the lanes (emptying them), merged in sequence order,
+    /// evicting the oldest beyond capacity.
+    fn push_lanes(&self, taken: &mut [Vec<Event>]) {
+        let mut evicted = Vec::new();
         let mut s = self.lock();
-        s.counts.recorded += batch.len() as u64;
-        for e in batch.drain(..) {
+        merge(taken, |e| {
             if s.events.len() >= s.capacity {
-                s.events.pop_front();
+                if let Some((_, old)) = s.events.pop_front() {
+                    evicted.push(old);
+                }
                 s.counts.evicted += 1;
             }
             let index = s.next_index;
             s.next_index += 1;
+            s.counts.recorded += 1;
             s.events.push_back((index, e));
-        }
+        });
         drop(s);
         self.changed.notify_all();
+        // Freed outside the lock, so that readers do not wait for it.
+        drop(evicted);
+    }
+}
+
+/// Hands the events of `lanes` to `each` (emptying the lanes), lowest sequence number first
+/// among the lanes' heads. A lane is in completion order, which is nearly sequence order.
+fn merge(lanes: &mut [Vec<Event>], mut each: impl FnMut(Event)) {
+    let mut queues: Vec<_> = lanes
+        .iter_mut()
+        .filter(|q| !q.is_empty())
+        .map(|q| q.drain(..).peekable())
+        .collect();
+    if let [only] = queues.as_mut_slice() {
+        only.for_each(each);
+        return;
+    }
+    while let Some(q) = queues
+        .iter_mut()
+        .filter_map(|q| Some((q.peek()?.seq, q)))
+        .min_by_key(|(seq, _)| *seq)
+        .map(|(_, q)| q)
+    {
+        if let Some(e) = q.next() {
+            each(e);
+        }
     }
 }
 
@@ -289,7 +328,7 @@ fn readable(e: &Event) -> Event {
 pub struct Recorder {
     epoch: Instant,
     who: WhoCache,
-    tx: Option<SyncSender<Event>>,
+    lanes: Arc<Lanes>,
     overflow: Overflow,
     dropped: AtomicU64,
     store: Arc<Store>,
@@ -300,6 +339,46 @@ pub struct Recorder {
 }
 
 const OPENER_SHARDS: usize = 16;
+
+/// Where session threads leave events for the collector: one lane per thread (threads share
+/// a lane only beyond [`LANES`] threads), so a request's lock is practically never contended.
+#[derive(Debug)]
+struct Lanes {
+    lanes: Box<[Lane]>,
+    /// The recorder is being dropped: the collector takes in what is left and exits.
+    closing: AtomicBool,
+}
+
+/// One lane, on its own cache lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Lane {
+    events: Mutex<Vec<Event>>,
+    /// Signalled when the collector has emptied a full lane (overflow policy `wait`).
+    room: Condvar,
+    /// A request waits on `room`.
+    waiting: AtomicBool,
+}
+
+impl Lane {
+    fn lock(&self) -> MutexGuard<'_, Vec<Event>> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The lane of the calling thread: threads are numbered in the order they first record.
+fn lane_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|i| {
+        if i.get() == usize::MAX {
+            i.set(NEXT.fetch_add(1, Ordering::Relaxed) % LANES);
+        }
+        i.get()
+    })
+}
 
 /// An event being built for one request.
 #[derive(Debug)]
@@ -347,15 +426,18 @@ impl Recorder {
             format::write_header(f, &header)?;
             f.flush()?;
         }
-        let (tx, rx) = mpsc::sync_channel(CHANNEL);
-        let collector_store = store.clone();
+        let lanes = Arc::new(Lanes {
+            lanes: (0..LANES).map(|_| Lane::default()).collect(),
+            closing: AtomicBool::new(false),
+        });
+        let (collector_lanes, collector_store) = (lanes.clone(), store.clone());
         let collector = std::thread::Builder::new()
             .name("rawfs-trace".into())
-            .spawn(move || collect(rx, &collector_store, file))?;
+            .spawn(move || collect(&collector_lanes, &collector_store, file))?;
         Ok(Recorder {
             epoch: Instant::now(),
             who: WhoCache::default(),
-            tx: Some(tx),
+            lanes,
             overflow: config.overflow,
             dropped: AtomicU64::new(0),
             store,
@@ -380,7 +462,7 @@ impl Recorder {
     pub fn begin(&self, op: Op, tid: u32, uid: u32, gid: u32) -> Pending {
         let start = Instant::now();
         let seq = self.store.numbered.fetch_add(1, Ordering::AcqRel) + 1;
-        let who = self.who.lookup(tid);
+        let who = self.who.lookup_at(tid, start);
         Pending {
             event: Event {
                 seq,
@@ -401,19 +483,32 @@ impl Recorder {
     pub fn finish(&self, mut p: Pending) {
         p.event.dur_ns = p.start.elapsed().as_nanos() as u64;
         self.credit_opener(&mut p.event);
-        let Some(tx) = &self.tx else { return };
-        match self.overflow {
-            Overflow::Wait => {
-                let _ = tx.send(p.event);
-            }
-            Overflow::Drop => {
-                if let Err(TrySendError::Full(_)) = tx.try_send(p.event) {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    let mut s = self.store.lock();
-                    s.counts.dropped = self.dropped.load(Ordering::Relaxed);
+        let lane = &self.lanes.lanes[lane_index()];
+        let mut q = lane.lock();
+        if q.len() >= LANE_CAPACITY {
+            match self.overflow {
+                Overflow::Drop => {
+                    drop(q);
+                    let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    self.store.lock().counts.dropped = dropped;
+                    return;
+                }
+                Overflow::Wait => {
+                    drop(q);
+                    self.store.wake_collector();
+                    q = lane.lock();
+                    while q.len() >= LANE_CAPACITY && !self.lanes.closing.load(Ordering::Acquire) {
+                        lane.waiting.store(true, Ordering::Release);
+                        q = lane
+                            .room
+                            .wait_timeout(q, Duration::from_millis(10))
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
                 }
             }
         }
+        q.push(p.event);
     }
 }
 
@@ -456,37 +551,43 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        // Closing the channel lets the collector drain what is left, flush and exit.
-        self.tx.take();
+        // The collector takes in what is left, flushes and exits.
+        self.lanes.closing.store(true, Ordering::Release);
+        self.store.wake_collector();
         if let Some(c) = self.collector.take() {
             let _ = c.join();
         }
     }
 }
 
-/// The collector polls instead of blocking on the channel, so that a request never pays
-/// for waking it: sending into a channel nobody waits on is a few atomic operations, while
-/// a wake-up per event costs a context switch on the request path.
-fn collect(rx: Receiver<Event>, store: &Store, mut file: Option<BufWriter<File>>) {
-    const BATCH: usize = 4096;
+/// The collector polls the lanes instead of being woken per event, so that a request never
+/// pays for a wake-up (a context switch on the request path).
+fn collect(lanes: &Lanes, store: &Store, mut file: Option<BufWriter<File>>) {
     const MIN_POLL: Duration = Duration::from_millis(5);
     const MAX_POLL: Duration = Duration::from_millis(50);
-    let mut batch = Vec::with_capacity(BATCH);
+    // What was taken from each lane; swapped back in next time, so both stay allocated.
+    let mut taken: Vec<Vec<Event>> = (0..lanes.lanes.len()).map(|_| Vec::new()).collect();
+    let mut sorted = Vec::new();
     let mut poll = MIN_POLL;
     loop {
-        let mut disconnected = false;
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    disconnected = true;
-                    break;
-                }
+        let closing = lanes.closing.load(Ordering::Acquire);
+        let mut any = false;
+        let mut backlog = false;
+        for (lane, mine) in lanes.lanes.iter().zip(taken.iter_mut()) {
+            let mut q = lane.lock();
+            if q.is_empty() {
+                continue;
+            }
+            std::mem::swap(&mut *q, mine);
+            drop(q);
+            any = true;
+            backlog |= mine.len() >= LANE_CAPACITY / 2;
+            if lane.waiting.swap(false, Ordering::AcqRel) {
+                lane.room.notify_all();
             }
         }
-        if batch.is_empty() {
-            if disconnected {
+        if !any {
+            if closing {
                 break;
             }
             // Idle: make what was written visible, then back off.
@@ -496,20 +597,22 @@ fn collect(rx: Receiver<Event>, store: &Store, mut file: Option<BufWriter<File>>
             continue;
         }
         poll = MIN_POLL;
-        let backlog = batch.len() == BATCH;
-        for e in &batch {
-            if let Some(f) = &mut file {
+        if let Some(f) = &mut file {
+            merge(&mut taken, |e| sorted.push(e));
+            for e in &sorted {
                 if let Err(err) = format::write_event(f, e) {
                     error!("trace file write failed: {err}");
                     store.lock().counts.write_errors += 1;
                 }
             }
+            store.push_lanes(std::slice::from_mut(&mut sorted));
+        } else {
+            store.push_lanes(&mut taken);
         }
-        store.push_all(&mut batch);
         // Under a steady load, taking events as they trickle in would keep this thread
-        // spinning on a core the requests need: wait for a batch to gather instead, unless
-        // there is a backlog or the channel is closing.
-        if !backlog && !disconnected {
+        // spinning on a core the requests need: wait for them to gather instead, unless
+        // there is a backlog or the recorder is closing.
+        if !backlog && !closing {
             store.idle(MIN_POLL);
         }
     }

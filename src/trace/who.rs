@@ -63,6 +63,11 @@ impl WhoCache {
 
     /// The process of thread `tid` (0 means the kernel itself: no process).
     pub fn lookup(&self, tid: u32) -> Who {
+        self.lookup_at(tid, Instant::now())
+    }
+
+    /// [`WhoCache::lookup`], with the time of the request (read once by the caller).
+    pub fn lookup_at(&self, tid: u32, now: Instant) -> Who {
         if tid == 0 {
             return Who {
                 pid: 0,
@@ -70,7 +75,6 @@ impl WhoCache {
             };
         }
         let shard = &self.shards[tid as usize % SHARDS];
-        let now = Instant::now();
         // Taken before reading /proc: an exec during the read makes the entry stale.
         let epoch = self.watch.map_or((0, 0), |w| {
             w.catch_up();
