@@ -629,3 +629,79 @@ fn flush(file: &mut Option<BufWriter<File>>, store: &Store) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorder(capacity: usize, overflow: Overflow) -> Recorder {
+        let config = TraceConfig {
+            capacity,
+            file: None,
+            overflow,
+        };
+        Recorder::start(&config, Path::new("/mnt")).unwrap()
+    }
+
+    /// Records `per_thread` events from each of `threads` threads as fast as they can.
+    fn flood(rec: &Recorder, threads: usize, per_thread: u64) {
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                s.spawn(move || {
+                    for i in 0..per_thread {
+                        let mut p = rec.begin(Op::Getattr, 0, t as u32, 0);
+                        p.event.ino = Some(i);
+                        rec.finish(p);
+                    }
+                });
+            }
+        });
+        assert!(rec.store().sync(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn overflow_wait_keeps_every_event_of_many_threads_in_sequence_order() {
+        let rec = recorder(1_000_000, Overflow::Wait);
+        // More events per thread than a lane holds, faster than the collector polls.
+        let (threads, per_thread) = (4, 3 * LANE_CAPACITY as u64);
+        flood(&rec, threads, per_thread);
+        let total = threads as u64 * per_thread;
+        let (events, counts) = rec.store().since(0);
+        assert_eq!((counts.recorded, counts.dropped), (total, 0));
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+        // Each thread's events arrive in its own order.
+        for t in 0..threads as u32 {
+            let inos: Vec<u64> = events
+                .iter()
+                .filter(|e| e.uid == t)
+                .filter_map(|e| e.ino)
+                .collect();
+            assert_eq!(inos, (0..per_thread).collect::<Vec<_>>(), "thread {t}");
+        }
+    }
+
+    #[test]
+    fn overflow_drop_counts_every_event_it_does_not_keep() {
+        let rec = recorder(1_000_000, Overflow::Drop);
+        let n = 8 * LANE_CAPACITY as u64;
+        flood(&rec, 1, n);
+        let (events, counts) = rec.store().since(0);
+        assert_eq!(counts.recorded + counts.dropped, n);
+        assert_eq!(events.len() as u64, counts.recorded);
+        let mut seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        seqs.dedup();
+        assert_eq!(seqs.len() as u64, counts.recorded);
+        assert!(seqs.iter().all(|s| (1..=n).contains(s)));
+    }
+
+    #[test]
+    fn a_full_buffer_keeps_the_newest_events_and_counts_the_evicted() {
+        let rec = recorder(100, Overflow::Wait);
+        flood(&rec, 1, 1000);
+        let (events, counts) = rec.store().since(0);
+        assert_eq!((counts.recorded, counts.evicted), (1000, 900));
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (901..=1000).collect::<Vec<_>>());
+    }
+}
