@@ -279,7 +279,7 @@ impl RawFs {
         if let Some(mut p) = pending {
             match &result {
                 Ok(v) => outcome(&mut p.event, v),
-                Err(e) => p.event.errno = Some(e.to_string()),
+                Err(e) => p.errno = Some(*e),
             }
             if let Some(rec) = &self.recorder {
                 rec.finish(p);

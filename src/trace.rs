@@ -7,6 +7,7 @@ pub mod exec_watch;
 pub mod filter;
 pub mod flags;
 pub mod format;
+pub mod record;
 pub mod recorder;
 pub mod who;
 

@@ -24,7 +24,9 @@ use log::error;
 
 use super::event::{Event, FORMAT_VERSION, Header, Op};
 use super::format;
+use super::record::Record;
 use super::who::{Who, WhoCache};
+use crate::Errno;
 
 /// Lanes per recorder; session threads are spread over them.
 const LANES: usize = 16;
@@ -95,7 +97,7 @@ pub struct Store {
 #[derive(Debug)]
 struct StoreInner {
     /// Events in the order they were stored, each with its storage index.
-    events: VecDeque<(u64, Event)>,
+    events: VecDeque<(u64, Record)>,
     /// Storage index of the next event.
     next_index: u64,
     capacity: usize,
@@ -189,8 +191,8 @@ impl Store {
         let mut out: Vec<Event> = s
             .events
             .iter()
-            .filter(|(_, e)| e.seq > after)
-            .map(|(_, e)| readable(e))
+            .filter(|(_, r)| r.seq() > after)
+            .map(|(_, r)| readable(r))
             .collect();
         out.sort_by_key(|e| e.seq);
         (out, s.counts)
@@ -203,8 +205,8 @@ impl Store {
         let mut out: Vec<Event> = s
             .events
             .iter()
-            .filter(|(_, e)| e.seq > after)
-            .map(|(_, e)| readable(e))
+            .filter(|(_, r)| r.seq() > after)
+            .map(|(_, r)| readable(r))
             .collect();
         out.sort_by_key(|e| e.seq);
         (out, s.counts, s.next_index)
@@ -243,7 +245,7 @@ impl Store {
     pub fn clear(&self, upto: u64) -> u64 {
         let mut s = self.lock();
         let before = s.events.len();
-        s.events.retain(|(_, e)| e.seq > upto);
+        s.events.retain(|(_, r)| r.seq() > upto);
         let n = (before - s.events.len()) as u64;
         s.counts.cleared += n;
         n
@@ -272,7 +274,7 @@ impl Store {
 
     /// Stores the events taken from the lanes (emptying them), merged in sequence order,
     /// evicting the oldest beyond capacity.
-    fn push_lanes(&self, taken: &mut [Vec<Event>]) {
+    fn push_lanes(&self, taken: &mut [Vec<Record>]) {
         let mut evicted = Vec::new();
         let mut s = self.lock();
         merge(taken, |e| {
@@ -296,7 +298,7 @@ impl Store {
 
 /// Hands the events of `lanes` to `each` (emptying the lanes), lowest sequence number first
 /// among the lanes' heads. A lane is in completion order, which is nearly sequence order.
-fn merge(lanes: &mut [Vec<Event>], mut each: impl FnMut(Event)) {
+fn merge(lanes: &mut [Vec<Record>], mut each: impl FnMut(Record)) {
     let mut queues: Vec<_> = lanes
         .iter_mut()
         .filter(|q| !q.is_empty())
@@ -308,7 +310,7 @@ fn merge(lanes: &mut [Vec<Event>], mut each: impl FnMut(Event)) {
     }
     while let Some(q) = queues
         .iter_mut()
-        .filter_map(|q| Some((q.peek()?.seq, q)))
+        .filter_map(|q| Some((q.peek()?.seq(), q)))
         .min_by_key(|(seq, _)| *seq)
         .map(|(_, q)| q)
     {
@@ -319,8 +321,12 @@ fn merge(lanes: &mut [Vec<Event>], mut each: impl FnMut(Event)) {
 }
 
 /// A stored event as readers get it: with its flags decoded (done here, off the request path).
-fn readable(e: &Event) -> Event {
-    format::decorated(e).into_owned()
+fn readable(r: &Record) -> Event {
+    let mut e = r.event();
+    if e.flags_str.is_none() {
+        super::decorate(&mut e);
+    }
+    e
 }
 
 /// Numbers, fills and hands over events; owned by the FUSE adapter.
@@ -353,7 +359,7 @@ struct Lanes {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Lane {
-    events: Mutex<Vec<Event>>,
+    events: Mutex<Vec<Record>>,
     /// Signalled when the collector has emptied a full lane (overflow policy `wait`).
     room: Condvar,
     /// A request waits on `room`.
@@ -361,7 +367,7 @@ struct Lane {
 }
 
 impl Lane {
-    fn lock(&self) -> MutexGuard<'_, Vec<Event>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Record>> {
         self.events.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -385,6 +391,9 @@ fn lane_index() -> usize {
 pub struct Pending {
     /// The event; the adapter fills the operation's fields.
     pub event: Event,
+    /// The error the request failed with, recorded as the event's `errno` (kept as a number
+    /// until the event is read).
+    pub errno: Option<Errno>,
     start: Instant,
 }
 
@@ -394,6 +403,7 @@ impl Pending {
     pub fn unrecorded(event: Event) -> Pending {
         Pending {
             event,
+            errno: None,
             start: Instant::now(),
         }
     }
@@ -475,6 +485,7 @@ impl Recorder {
                 op,
                 ..Event::default()
             },
+            errno: None,
             start,
         }
     }
@@ -482,7 +493,8 @@ impl Recorder {
     /// Completes an event and hands it to the collector.
     pub fn finish(&self, mut p: Pending) {
         p.event.dur_ns = p.start.elapsed().as_nanos() as u64;
-        self.credit_opener(&mut p.event);
+        self.credit_opener(&mut p.event, p.errno.is_none());
+        let record = Record::new(p.event, p.errno);
         let lane = &self.lanes.lanes[lane_index()];
         let mut q = lane.lock();
         if q.len() >= LANE_CAPACITY {
@@ -508,7 +520,7 @@ impl Recorder {
                 }
             }
         }
-        q.push(p.event);
+        q.push(record);
     }
 }
 
@@ -521,8 +533,8 @@ impl Recorder {
 
     /// Remembers who opened a handle, and credits requests the kernel makes on its own
     /// (tid 0) on that handle to the opener.
-    fn credit_opener(&self, e: &mut Event) {
-        if let (Some(fh), true) = (e.out_fh, e.errno.is_none()) {
+    fn credit_opener(&self, e: &mut Event, ok: bool) {
+        if let (Some(fh), true) = (e.out_fh, ok) {
             self.openers(fh).insert(
                 fh,
                 Who {
@@ -566,7 +578,7 @@ fn collect(lanes: &Lanes, store: &Store, mut file: Option<BufWriter<File>>) {
     const MIN_POLL: Duration = Duration::from_millis(5);
     const MAX_POLL: Duration = Duration::from_millis(50);
     // What was taken from each lane; swapped back in next time, so both stay allocated.
-    let mut taken: Vec<Vec<Event>> = (0..lanes.lanes.len()).map(|_| Vec::new()).collect();
+    let mut taken: Vec<Vec<Record>> = (0..lanes.lanes.len()).map(|_| Vec::new()).collect();
     let mut sorted = Vec::new();
     let mut poll = MIN_POLL;
     loop {
@@ -598,9 +610,9 @@ fn collect(lanes: &Lanes, store: &Store, mut file: Option<BufWriter<File>>) {
         }
         poll = MIN_POLL;
         if let Some(f) = &mut file {
-            merge(&mut taken, |e| sorted.push(e));
-            for e in &sorted {
-                if let Err(err) = format::write_event(f, e) {
+            merge(&mut taken, |r| sorted.push(r));
+            for r in &sorted {
+                if let Err(err) = format::write_event(f, &r.event()) {
                     error!("trace file write failed: {err}");
                     store.lock().counts.write_errors += 1;
                 }
