@@ -91,6 +91,12 @@ impl ExecWatch {
         }
     }
 
+    /// A number that changes whenever any thread execs or exits (or notices were lost): while
+    /// it stays the same, every [`ExecWatch::epoch`] does too.
+    pub fn generation(&self) -> u64 {
+        self.counter.load(Ordering::Acquire) + self.lost.load(Ordering::Acquire)
+    }
+
     /// True if the receiving thread takes in notices as they are queued (real-time priority).
     pub fn is_prompt(&self) -> bool {
         self.prompt.load(Ordering::Acquire)
@@ -144,7 +150,7 @@ impl ExecWatch {
     }
 
     fn notice(&self, tid: u32) {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.counter.fetch_add(1, Ordering::AcqRel) + 1;
         let now = Instant::now();
         let mut shard = self.shards[tid as usize % SHARDS]
             .lock()

@@ -8,6 +8,7 @@
 //! requests may still carry the old command name). The cache is sharded by thread id so
 //! that session threads rarely share a lock.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,16 +76,43 @@ impl WhoCache {
             };
         }
         let shard = &self.shards[tid as usize % SHARDS];
-        // Taken before reading /proc: an exec during the read makes the entry stale.
-        let epoch = self.watch.map_or((0, 0), |w| {
-            w.catch_up();
-            w.epoch(tid)
-        });
         let ttl = self.ttl();
+        // Taken before reading /proc: an exec during the read makes the entry stale.
+        let generation = self.watch.map_or(0, |w| {
+            w.catch_up();
+            w.generation()
+        });
+        let id = self as *const WhoCache as usize;
+        // The last caller this thread served, if no thread has exec'd or exited since.
+        let last = LAST.with(|l| match &*l.borrow() {
+            Some(m)
+                if (m.cache, m.tid, m.generation) == (id, tid, generation)
+                    && now.duration_since(m.fetched) < ttl =>
+            {
+                Some(m.who.clone())
+            }
+            _ => None,
+        });
+        if let Some(who) = last {
+            return who;
+        }
+        let remember = |who: &Who, fetched: Instant| {
+            LAST.with(|l| {
+                *l.borrow_mut() = Some(Memo {
+                    cache: id,
+                    tid,
+                    generation,
+                    fetched,
+                    who: who.clone(),
+                })
+            })
+        };
+        let epoch = self.watch.map_or((0, 0), |w| w.epoch(tid));
         {
             let map = shard.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(e) = map.get(&tid) {
                 if now.duration_since(e.fetched) < ttl && e.epoch == epoch {
+                    remember(&e.who, e.fetched);
                     return e.who.clone();
                 }
             }
@@ -105,8 +133,23 @@ impl WhoCache {
                 epoch,
             },
         );
+        remember(&who, now);
         who
     }
+}
+
+/// The last caller a session thread looked up: one thread mostly serves one caller at a
+/// time, and this answers without a lock while no thread anywhere has exec'd or exited.
+struct Memo {
+    cache: usize,
+    tid: u32,
+    generation: u64,
+    fetched: Instant,
+    who: Who,
+}
+
+thread_local! {
+    static LAST: RefCell<Option<Memo>> = const { RefCell::new(None) };
 }
 
 /// Reads the thread group id of `tid` and that process's command name.
