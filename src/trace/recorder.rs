@@ -502,7 +502,9 @@ impl Recorder {
                 Overflow::Drop => {
                     drop(q);
                     let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    self.store.lock().counts.dropped = dropped;
+                    // Two dropping threads may get here in either order.
+                    let mut s = self.store.lock();
+                    s.counts.dropped = s.counts.dropped.max(dropped);
                     return;
                 }
                 Overflow::Wait => {
