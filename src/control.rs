@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -131,6 +131,8 @@ pub struct Served {
     pub recorder: Option<Arc<Recorder>>,
     /// The fault rules.
     pub faults: Arc<Faults>,
+    /// Requests served while recording is off (the recorder counts them otherwise).
+    pub unrecorded: Arc<AtomicU64>,
     /// Mount point.
     pub mountpoint: PathBuf,
     /// When the mount started.
@@ -318,7 +320,10 @@ fn status(served: &Served) -> Status {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_ms: served.started.elapsed().as_millis() as u64,
-        requests: served.recorder.as_ref().map_or(0, |r| r.requests()),
+        requests: served.recorder.as_ref().map_or_else(
+            || served.unrecorded.load(Ordering::Relaxed),
+            |r| r.requests(),
+        ),
         trace: store.map(|s| s.counts()),
         buffered: store.map_or(0, |s| s.len() as u64),
         inodes: served.fs.inode_count() as u64,

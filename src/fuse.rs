@@ -12,6 +12,7 @@ use std::ffi::OsStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -53,6 +54,8 @@ pub struct RawFs {
     faults: Arc<Faults>,
     /// Who asked, when no recorder does this already (recording off, fault rules on).
     who: WhoCache,
+    /// Requests served while recording is off (`rawfs status`).
+    unrecorded: Arc<AtomicU64>,
 }
 
 fn ino(i: INodeNo) -> u64 {
@@ -185,6 +188,7 @@ impl RawFs {
         cache: CacheMode,
         recorder: Option<Arc<Recorder>>,
         faults: Arc<Faults>,
+        unrecorded: Arc<AtomicU64>,
     ) -> RawFs {
         let ttl = match cache {
             CacheMode::Direct => Duration::ZERO,
@@ -197,6 +201,7 @@ impl RawFs {
             recorder,
             faults,
             who: WhoCache::default(),
+            unrecorded,
         }
     }
 
@@ -226,6 +231,9 @@ impl RawFs {
         outcome: impl FnOnce(&mut Event, &T),
     ) -> Result<T, Errno> {
         let faults = self.faults.active();
+        if self.recorder.is_none() {
+            self.unrecorded.fetch_add(1, Ordering::Relaxed);
+        }
         let mut pending = if self.recorder.is_some() || faults {
             let (tid, uid, gid) = (req.pid(), req.uid(), req.gid());
             let mut p = match &self.recorder {

@@ -9,6 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -180,7 +181,14 @@ impl Mounted {
         faults
             .add(config.faults.clone())
             .map_err(|e| MountError(format!("bad fault rule: {e}")))?;
-        let adapter = RawFs::new(fs.clone(), config.cache, recorder.clone(), faults.clone());
+        let unrecorded = Arc::new(AtomicU64::new(0));
+        let adapter = RawFs::new(
+            fs.clone(),
+            config.cache,
+            recorder.clone(),
+            faults.clone(),
+            unrecorded.clone(),
+        );
         let mut session = Session::new(adapter, mountpoint, &fuse_config).map_err(|e| {
             let shown = mountpoint.display();
             match e.raw_os_error() {
@@ -200,6 +208,7 @@ impl Mounted {
             fs: fs.clone(),
             recorder: recorder.clone(),
             faults: faults.clone(),
+            unrecorded,
             mountpoint: crate::registry::absolute(mountpoint).unwrap_or(mountpoint.to_path_buf()),
             started: Instant::now(),
         }) {

@@ -911,6 +911,14 @@ fn capacity_zero_records_nothing_and_the_mount_still_works() {
     fs::rename(m.join("f"), m.join("g")).unwrap();
     assert_eq!(fs::read_dir(m.path()).unwrap().count(), 1);
     assert!(m.trace().is_none());
+    // The status still counts the requests served.
+    let mut client = rawfs::control::Client::connect(m.path()).expect("control socket");
+    let status = client
+        .request(&rawfs::control::Command::Status)
+        .expect("status");
+    let served = status["requests"].as_u64().expect("requests");
+    assert!(served >= 8, "{status}");
+    assert!(status["trace"].is_null(), "{status}");
     m.unmount().expect("unmount");
 }
 
