@@ -249,6 +249,50 @@ impl Record {
     }
 }
 
+/// Names every field of [`Event`], so that a field added there without a place here fails to
+/// compile: a compact record would silently lose it.
+#[allow(dead_code)]
+fn knows_every_field(e: &Event) {
+    let Event {
+        seq: _,
+        ts_ns: _,
+        dur_ns: _,
+        tid: _,
+        pid: _,
+        comm: _,
+        uid: _,
+        gid: _,
+        op: _,
+        path: _,
+        short: _,
+        errno: _,
+        // Kept whole when present.
+        path2: _,
+        name: _,
+        set: _,
+        fault: _,
+        flags_str: _,
+        // Packed: the list in `numeric_fields!`.
+        ino: _,
+        ino2: _,
+        node: _,
+        fh: _,
+        fh2: _,
+        flags: _,
+        mode: _,
+        rdev: _,
+        offset: _,
+        offset2: _,
+        size: _,
+        returned: _,
+        file_size: _,
+        out_ino: _,
+        out_fh: _,
+        out_offset: _,
+        rule: _,
+    } = e;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
