@@ -97,11 +97,6 @@ impl ExecWatch {
         self.counter.load(Ordering::Acquire) + self.lost.load(Ordering::Acquire)
     }
 
-    /// True if the receiving thread takes in notices as they are queued (real-time priority).
-    pub fn is_prompt(&self) -> bool {
-        self.prompt.load(Ordering::Acquire)
-    }
-
     /// Takes in the notices already queued, without waiting.
     fn read_queued(&self) {
         let mut buf = [0u8; 4096];
@@ -306,23 +301,25 @@ fn receive(fd: i32, watch: &ExecWatch) {
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
         // Requests wait while a datagram taken from the socket is not yet recorded.
         watch.absorbing.store(true, Ordering::Release);
-        if n < 0 {
+        let failed = if n < 0 {
             match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EINTR) | Some(libc::EAGAIN) => {}
+                Some(libc::EINTR) | Some(libc::EAGAIN) => false,
                 // Notices were lost: everything cached may be stale.
                 Some(libc::ENOBUFS) => {
                     watch.lost.fetch_add(1, Ordering::Relaxed);
+                    false
                 }
-                _ => {
-                    watch.absorbing.store(false, Ordering::Release);
-                    watch.prompt.store(false, Ordering::Release);
-                    return;
-                }
+                _ => true,
             }
-            watch.absorbing.store(false, Ordering::Release);
-            continue;
-        }
-        watch.absorb(&buf[..n as usize]);
+        } else {
+            watch.absorb(&buf[..n as usize]);
+            false
+        };
         watch.absorbing.store(false, Ordering::Release);
+        if failed {
+            // Requests read the socket themselves from now on.
+            watch.prompt.store(false, Ordering::Release);
+            return;
+        }
     }
 }

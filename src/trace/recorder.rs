@@ -187,15 +187,8 @@ impl Store {
 
     /// Every buffered event with `seq > after`, in sequence order, and the counters.
     pub fn since(&self, after: u64) -> (Vec<Event>, Counts) {
-        let s = self.lock();
-        let mut out: Vec<Event> = s
-            .events
-            .iter()
-            .filter(|(_, r)| r.seq() > after)
-            .map(|(_, r)| readable(r))
-            .collect();
-        out.sort_by_key(|e| e.seq);
-        (out, s.counts)
+        let (events, counts, _) = self.since_with_index(after);
+        (events, counts)
     }
 
     /// Like [`Store::since`], and also the storage index to follow from with
