@@ -737,9 +737,18 @@ settled_status() { # mnt
 }
 
 # ---- rawfs variants, interleaved ----------------------------------------------
+# The variants in round r's order: as listed in odd rounds, reversed in even ones.
+round_order() { # r -> sets order
+    local i nv=${#VARIANTS[@]}
+    order=()
+    for (( i = 0; i < nv; i++ )); do
+        if (( $1 % 2 )); then order+=("${VARIANTS[$i]}"); else order+=("${VARIANTS[nv - 1 - i]}"); fi
+    done
+}
+
 declare -A VS=() # VS[variant.key]: status after the run (requests, recorded, rules, hits, matched)
 bench_variants() {
-    local v r k x out order=() nv=${#VARIANTS[@]} i st
+    local v r k x out order=() st
     if (( DO_V[rawfs-100rules] )); then
         write_rules
         log "wrote $RULES_JSON (100 rules)"
@@ -754,10 +763,7 @@ bench_variants() {
     done
     log "metadata: $MDV_ROUNDS interleaved rounds of $VFILES files on ${VARIANTS[*]}"
     for (( r = 1; r <= MDV_ROUNDS; r++ )); do
-        order=()
-        for (( i = 0; i < nv; i++ )); do
-            if (( r % 2 )); then order+=("${VARIANTS[$i]}"); else order+=("${VARIANTS[nv - 1 - i]}"); fi
-        done
+        round_order "$r"
         for v in "${order[@]}"; do
             out=$(run_md "$v" "$WORK/$v" 1 "$VFILES")
             while read -r k x; do
@@ -766,10 +772,7 @@ bench_variants() {
         done
     done
     for (( r = 1; r <= VROUNDS; r++ )); do
-        order=()
-        for (( i = 0; i < nv; i++ )); do
-            if (( r % 2 )); then order+=("${VARIANTS[$i]}"); else order+=("${VARIANTS[nv - 1 - i]}"); fi
-        done
+        round_order "$r"
         log "round $r/$VROUNDS: 4k randread (${RUNTIME} s) on ${order[*]}"
         for v in "${order[@]}"; do
             x=$(run_randread "$WORK/$v")
