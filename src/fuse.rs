@@ -214,8 +214,9 @@ impl RawFs {
         describe: impl FnOnce(&mut Event, &Fs),
         run: impl FnOnce(&Fs) -> Result<T, Errno>,
         outcome: impl FnOnce(&mut Event, &T),
-    ) -> Result<T, Errno> {
-        self.call_with(req, op, describe, |fs, _| run(fs), outcome)
+        answer: impl FnOnce(Result<T, Errno>),
+    ) {
+        self.call_with(req, op, describe, |fs, _| run(fs), outcome, answer)
     }
 
     /// One request through the pipeline: number and describe it, let the fault rules decide,
@@ -229,7 +230,8 @@ impl RawFs {
         describe: impl FnOnce(&mut Event, &Fs),
         run: impl FnOnce(&Fs, Option<&Compiled>) -> Result<T, Errno>,
         outcome: impl FnOnce(&mut Event, &T),
-    ) -> Result<T, Errno> {
+        answer: impl FnOnce(Result<T, Errno>),
+    ) {
         let faults = self.faults.active();
         if self.recorder.is_none() {
             self.unrecorded.fetch_add(1, Ordering::Relaxed);
@@ -284,16 +286,21 @@ impl RawFs {
         if let Some((d, true)) = hit.as_ref().and_then(|r| r.delay()) {
             std::thread::sleep(d);
         }
-        if let Some(mut p) = pending {
-            match &result {
-                Ok(v) => outcome(&mut p.event, v),
-                Err(e) => p.errno = Some(*e),
-            }
-            if let Some(rec) = &self.recorder {
-                rec.finish(p);
-            }
+        let Some(mut p) = pending else {
+            return answer(result);
+        };
+        match &result {
+            Ok(v) => outcome(&mut p.event, v),
+            Err(e) => p.errno = Some(*e),
         }
-        result
+        let Some(rec) = &self.recorder else {
+            return answer(result);
+        };
+        // The request took until its answer was ready; the kernel gets it before the event
+        // is handed over, so the hand-over is not part of the caller's wait.
+        p.stop();
+        answer(result);
+        rec.finish(p);
     }
 
     /// The fault actions taken before the operation, noted in the event: an errno or a
@@ -394,7 +401,7 @@ impl RawFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.call(
+        self.call(
             req,
             op,
             |e, fs| {
@@ -403,8 +410,8 @@ impl RawFs {
             },
             |fs| fs.fsync(fh.0),
             nothing,
+            |r| Self::empty(r, reply),
         );
-        Self::empty(r, reply);
     }
 
     /// getxattr/listxattr: a zero size asks for the length; a too small buffer is ERANGE.
@@ -417,7 +424,7 @@ impl RawFs {
         get: impl FnOnce(&Fs) -> Result<Vec<u8>, Errno>,
         reply: ReplyXattr,
     ) {
-        let r = self.call(
+        self.call(
             req,
             op,
             |e, fs| {
@@ -433,12 +440,12 @@ impl RawFs {
                 }
             },
             |e, v| e.returned = Some(v.len() as u64),
+            |r| match r {
+                Ok(v) if size == 0 => reply.size(v.len() as u32),
+                Ok(v) => reply.data(&v),
+                Err(e) => reply.error(err(e)),
+            },
         );
-        match r {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) => reply.data(&v),
-            Err(e) => reply.error(err(e)),
-        }
     }
 }
 
@@ -460,18 +467,18 @@ impl Filesystem for RawFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let p = ino(parent);
-        let r = self.call(
+        self.call(
             req,
             Op::Lookup,
             |e, fs| named(e, fs, p, name),
             |fs| fs.lookup(p, name),
             entry_outcome,
+            |r| self.entry(r, reply),
         );
-        self.entry(r, reply);
     }
 
     fn forget(&self, req: &Request, i: INodeNo, nlookup: u64) {
-        let _ = self.call(
+        self.call(
             req,
             Op::Forget,
             |e, fs| {
@@ -483,11 +490,12 @@ impl Filesystem for RawFs {
                 Ok(())
             },
             nothing,
+            |_| {},
         );
     }
 
     fn getattr(&self, req: &Request, i: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let r = self.call(
+        self.call(
             req,
             Op::Getattr,
             |e, fs| {
@@ -496,8 +504,8 @@ impl Filesystem for RawFs {
             },
             |fs| fs.getattr(ino(i)),
             nothing,
+            |r| self.attr(r, reply),
         );
-        self.attr(r, reply);
     }
 
     fn setattr(
@@ -530,7 +538,7 @@ impl Filesystem for RawFs {
             mtime: set_time(mtime).or(ftruncate.then_some(SetTime::Now)),
             ctime: ctime.map(request_time),
         };
-        let r = self.call(
+        self.call(
             req,
             Op::Setattr,
             |e, fs| {
@@ -547,22 +555,22 @@ impl Filesystem for RawFs {
             },
             |fs| fs.setattr(ino(i), &set),
             nothing,
+            |r| self.attr(r, reply),
         );
-        self.attr(r, reply);
     }
 
     fn readlink(&self, req: &Request, i: INodeNo, reply: ReplyData) {
-        let r = self.call(
+        self.call(
             req,
             Op::Readlink,
             |e, fs| on_inode(e, fs, ino(i)),
             |fs| fs.readlink(ino(i)),
             |e, t| e.name = Some(String::from_utf8_lossy(t).into_owned()),
+            |r| match r {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(err(e)),
+            },
         );
-        match r {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(err(e)),
-        }
     }
 
     fn mknod(
@@ -576,7 +584,7 @@ impl Filesystem for RawFs {
         reply: ReplyEntry,
     ) {
         let (p, c) = (ino(parent), caller(req));
-        let r = self.call(
+        self.call(
             req,
             Op::Mknod,
             |e, fs| {
@@ -586,8 +594,8 @@ impl Filesystem for RawFs {
             },
             |fs| fs.mknod(&c, p, name, mode, rdev),
             entry_outcome,
+            |r| self.entry(r, reply),
         );
-        self.entry(r, reply);
     }
 
     fn mkdir(
@@ -600,7 +608,7 @@ impl Filesystem for RawFs {
         reply: ReplyEntry,
     ) {
         let (p, c) = (ino(parent), caller(req));
-        let r = self.call(
+        self.call(
             req,
             Op::Mkdir,
             |e, fs| {
@@ -609,32 +617,32 @@ impl Filesystem for RawFs {
             },
             |fs| fs.mkdir(&c, p, name, mode),
             entry_outcome,
+            |r| self.entry(r, reply),
         );
-        self.entry(r, reply);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let p = ino(parent);
-        let r = self.call(
+        self.call(
             req,
             Op::Unlink,
             |e, fs| named(e, fs, p, name),
             |fs| fs.unlink(p, name),
             |e, victim| e.node = Some(*victim),
+            |r| Self::empty(r, reply),
         );
-        Self::empty(r, reply);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let p = ino(parent);
-        let r = self.call(
+        self.call(
             req,
             Op::Rmdir,
             |e, fs| named(e, fs, p, name),
             |fs| fs.rmdir(p, name),
             |e, victim| e.node = Some(*victim),
+            |r| Self::empty(r, reply),
         );
-        Self::empty(r, reply);
     }
 
     fn symlink(
@@ -646,7 +654,7 @@ impl Filesystem for RawFs {
         reply: ReplyEntry,
     ) {
         let (p, c) = (ino(parent), caller(req));
-        let r = self.call(
+        self.call(
             req,
             Op::Symlink,
             |e, fs| {
@@ -655,8 +663,8 @@ impl Filesystem for RawFs {
             },
             |fs| fs.symlink(&c, p, link_name, target.as_os_str()),
             entry_outcome,
+            |r| self.entry(r, reply),
         );
-        self.entry(r, reply);
     }
 
     fn rename(
@@ -670,7 +678,7 @@ impl Filesystem for RawFs {
         reply: ReplyEmpty,
     ) {
         let (p, np) = (ino(parent), ino(newparent));
-        let r = self.call(
+        self.call(
             req,
             Op::Rename,
             |e, fs| {
@@ -695,8 +703,8 @@ impl Filesystem for RawFs {
                 e.node = Some(done.node);
                 e.out_ino = done.replaced;
             },
+            |r| Self::empty(r, reply),
         );
-        Self::empty(r, reply);
     }
 
     fn link(
@@ -708,7 +716,7 @@ impl Filesystem for RawFs {
         reply: ReplyEntry,
     ) {
         let (i, np) = (ino(i), ino(newparent));
-        let r = self.call(
+        self.call(
             req,
             Op::Link,
             |e, fs| {
@@ -719,12 +727,12 @@ impl Filesystem for RawFs {
             },
             |fs| fs.link(i, np, newname),
             entry_outcome,
+            |r| self.entry(r, reply),
         );
-        self.entry(r, reply);
     }
 
     fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let r = self.call(
+        self.call(
             req,
             Op::Open,
             |e, fs| {
@@ -733,8 +741,8 @@ impl Filesystem for RawFs {
             },
             |fs| fs.open(ino(i), flags.0),
             |e, fh| e.out_fh = Some(*fh),
+            |r| self.opened(r, self.open_flags(), reply),
         );
-        self.opened(r, self.open_flags(), reply);
     }
 
     fn read(
@@ -748,7 +756,7 @@ impl Filesystem for RawFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let r = self.call_with(
+        self.call_with(
             req,
             Op::Read,
             |e, fs| {
@@ -774,11 +782,11 @@ impl Filesystem for RawFs {
                 e.file_size = Some(*file_size);
                 e.short = n < u64::from(size) && offset + n < *file_size;
             },
+            |r| match r {
+                Ok((d, _)) => reply.data(&d),
+                Err(e) => reply.error(err(e)),
+            },
         );
-        match r {
-            Ok((d, _)) => reply.data(&d),
-            Err(e) => reply.error(err(e)),
-        }
     }
 
     fn write(
@@ -794,7 +802,7 @@ impl Filesystem for RawFs {
         reply: ReplyWrite,
     ) {
         let c = caller(req);
-        let r = self.call_with(
+        self.call_with(
             req,
             Op::Write,
             |e, fs| {
@@ -826,11 +834,11 @@ impl Filesystem for RawFs {
                 e.returned = Some(u64::from(*n));
                 e.short = (*n as usize) < data.len();
             },
+            |r| match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(err(e)),
+            },
         );
-        match r {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(err(e)),
-        }
     }
 
     fn flush(
@@ -841,14 +849,14 @@ impl Filesystem for RawFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let r = self.call(
+        self.call(
             req,
             Op::Flush,
             |e, fs| on_handle(e, fs, ino(i), fh.0),
             |fs| fs.handle_flags(fh.0),
             nothing,
+            |r| Self::empty(r, reply),
         );
-        Self::empty(r, reply);
     }
 
     fn release(
@@ -861,7 +869,7 @@ impl Filesystem for RawFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.call(
+        self.call(
             req,
             Op::Release,
             |e, fs| {
@@ -870,8 +878,8 @@ impl Filesystem for RawFs {
             },
             |fs| fs.release(fh.0),
             nothing,
+            |r| Self::empty(r, reply),
         );
-        Self::empty(r, reply);
     }
 
     fn fsync(&self, req: &Request, i: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
@@ -879,7 +887,7 @@ impl Filesystem for RawFs {
     }
 
     fn opendir(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let r = self.call(
+        self.call(
             req,
             Op::Opendir,
             |e, fs| {
@@ -888,8 +896,8 @@ impl Filesystem for RawFs {
             },
             |fs| fs.opendir(ino(i), flags.0),
             |e, fh| e.out_fh = Some(*fh),
+            |r| self.opened(r, FopenFlags::empty(), reply),
         );
-        self.opened(r, FopenFlags::empty(), reply);
     }
 
     fn readdir(
@@ -900,7 +908,7 @@ impl Filesystem for RawFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self.call(
+        self.call(
             req,
             Op::Readdir,
             |e, fs| {
@@ -909,18 +917,18 @@ impl Filesystem for RawFs {
             },
             |fs| fs.readdir(fh.0, offset),
             nothing,
-        );
-        match r {
-            Ok(entries) => {
-                for e in entries {
-                    if reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), &e.name) {
-                        break;
+            |r| match r {
+                Ok(entries) => {
+                    for e in entries {
+                        if reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), &e.name) {
+                            break;
+                        }
                     }
+                    reply.ok();
                 }
-                reply.ok();
-            }
-            Err(e) => reply.error(err(e)),
-        }
+                Err(e) => reply.error(err(e)),
+            },
+        );
     }
 
     fn releasedir(
@@ -931,14 +939,14 @@ impl Filesystem for RawFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self.call(
+        self.call(
             req,
             Op::Releasedir,
             |e, fs| on_handle(e, fs, ino(i), fh.0),
             |fs| fs.releasedir(fh.0),
             nothing,
+            |r| Self::empty(r, reply),
         );
-        Self::empty(r, reply);
     }
 
     fn fsyncdir(
@@ -953,19 +961,19 @@ impl Filesystem for RawFs {
     }
 
     fn statfs(&self, req: &Request, i: INodeNo, reply: ReplyStatfs) {
-        let r = self.call(
+        self.call(
             req,
             Op::Statfs,
             |e, fs| on_inode(e, fs, ino(i)),
             |fs| Ok(fs.statfs()),
             nothing,
+            |r| match r {
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+                ),
+                Err(e) => reply.error(err(e)),
+            },
         );
-        match r {
-            Ok(s) => reply.statfs(
-                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
-            ),
-            Err(e) => reply.error(err(e)),
-        }
     }
 
     fn setxattr(
@@ -978,7 +986,7 @@ impl Filesystem for RawFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = self.call(
+        self.call(
             req,
             Op::Setxattr,
             |e, fs| {
@@ -989,8 +997,8 @@ impl Filesystem for RawFs {
             },
             |fs| fs.setxattr(ino(i), name, value, flags),
             nothing,
+            |r| Self::empty(r, reply),
         );
-        Self::empty(r, reply);
     }
 
     fn getxattr(&self, req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -1019,7 +1027,7 @@ impl Filesystem for RawFs {
     }
 
     fn removexattr(&self, req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.call(
+        self.call(
             req,
             Op::Removexattr,
             |e, fs| {
@@ -1028,13 +1036,13 @@ impl Filesystem for RawFs {
             },
             |fs| fs.removexattr(ino(i), name),
             nothing,
+            |r| Self::empty(r, reply),
         );
-        Self::empty(r, reply);
     }
 
     fn access(&self, req: &Request, i: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let c = caller(req);
-        let r = self.call(
+        self.call(
             req,
             Op::Access,
             |e, fs| {
@@ -1043,8 +1051,8 @@ impl Filesystem for RawFs {
             },
             |fs| fs.access(&c, ino(i), mask.bits()),
             nothing,
+            |r| Self::empty(r, reply),
         );
-        Self::empty(r, reply);
     }
 
     fn create(
@@ -1058,7 +1066,7 @@ impl Filesystem for RawFs {
         reply: ReplyCreate,
     ) {
         let (p, c) = (ino(parent), caller(req));
-        let r = self.call_with(
+        self.call_with(
             req,
             Op::Create,
             |e, fs| {
@@ -1077,17 +1085,17 @@ impl Filesystem for RawFs {
                 e.out_ino = Some(a.ino);
                 e.out_fh = Some(*fh);
             },
+            |r| match r {
+                Ok((a, fh)) => reply.created(
+                    &self.ttl,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    self.open_flags(),
+                ),
+                Err(e) => reply.error(err(e)),
+            },
         );
-        match r {
-            Ok((a, fh)) => reply.created(
-                &self.ttl,
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                self.open_flags(),
-            ),
-            Err(e) => reply.error(err(e)),
-        }
     }
 
     fn fallocate(
@@ -1100,7 +1108,7 @@ impl Filesystem for RawFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = self.call(
+        self.call(
             req,
             Op::Fallocate,
             |e, fs| {
@@ -1121,8 +1129,8 @@ impl Filesystem for RawFs {
                 fs.fallocate(fh.0, offset, length, op)
             },
             nothing,
+            |r| Self::empty(r, reply),
         );
-        Self::empty(r, reply);
     }
 
     fn lseek(
@@ -1134,7 +1142,7 @@ impl Filesystem for RawFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let r = self.call(
+        self.call(
             req,
             Op::Lseek,
             |e, fs| {
@@ -1144,11 +1152,11 @@ impl Filesystem for RawFs {
             },
             |fs| fs.lseek(fh.0, offset, whence),
             |e, o| e.out_offset = Some(*o),
+            |r| match r {
+                Ok(o) => reply.offset(o),
+                Err(e) => reply.error(err(e)),
+            },
         );
-        match r {
-            Ok(o) => reply.offset(o),
-            Err(e) => reply.error(err(e)),
-        }
     }
 
     fn copy_file_range(
@@ -1165,7 +1173,7 @@ impl Filesystem for RawFs {
         reply: ReplyWrite,
     ) {
         let c = caller(req);
-        let r = self.call(
+        self.call(
             req,
             Op::CopyFileRange,
             |e, fs| {
@@ -1179,11 +1187,11 @@ impl Filesystem for RawFs {
             },
             |fs| fs.copy_file_range(&c, fh_in.0, offset_in, fh_out.0, offset_out, len),
             |e, n| e.returned = Some(u64::from(*n)),
+            |r| match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(err(e)),
+            },
         );
-        match r {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(err(e)),
-        }
     }
 
     fn ioctl(
@@ -1198,7 +1206,7 @@ impl Filesystem for RawFs {
         reply: ReplyIoctl,
     ) {
         // No ioctl is supported, as on tmpfs for ioctls it does not know: ENOTTY.
-        let r: Result<(), Errno> = self.call(
+        self.call(
             req,
             Op::Ioctl,
             |e, fs| {
@@ -1207,10 +1215,12 @@ impl Filesystem for RawFs {
             },
             |_| Err(Errno::ENOTTY),
             nothing,
+            |r: Result<(), Errno>| {
+                if let Err(e) = r {
+                    reply.error(err(e));
+                }
+            },
         );
-        if let Err(e) = r {
-            reply.error(err(e));
-        }
     }
 
     fn poll(
@@ -1224,15 +1234,17 @@ impl Filesystem for RawFs {
         reply: ReplyPoll,
     ) {
         // Regular files are always ready: ENOSYS tells the kernel so, once for the mount.
-        let r: Result<(), Errno> = self.call(
+        self.call(
             req,
             Op::Poll,
             |e, fs| on_handle(e, fs, ino(i), fh.0),
             |_| Err(Errno::ENOSYS),
             nothing,
+            |r: Result<(), Errno>| {
+                if let Err(e) = r {
+                    reply.error(err(e));
+                }
+            },
         );
-        if let Err(e) = r {
-            reply.error(err(e));
-        }
     }
 }

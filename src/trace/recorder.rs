@@ -387,7 +387,8 @@ pub struct Pending {
     /// The error the request failed with, recorded as the event's `errno` (kept as a number
     /// until the event is read).
     pub errno: Option<Errno>,
-    start: Instant,
+    /// When the request began, until [`Pending::stop`] turns it into the duration.
+    start: Option<Instant>,
 }
 
 impl Pending {
@@ -397,7 +398,14 @@ impl Pending {
         Pending {
             event,
             errno: None,
-            start: Instant::now(),
+            start: Some(Instant::now()),
+        }
+    }
+
+    /// Ends the request's duration now, if it was not ended before.
+    pub fn stop(&mut self) {
+        if let Some(start) = self.start.take() {
+            self.event.dur_ns = start.elapsed().as_nanos() as u64;
         }
     }
 }
@@ -479,13 +487,14 @@ impl Recorder {
                 ..Event::default()
             },
             errno: None,
-            start,
+            start: Some(start),
         }
     }
 
-    /// Completes an event and hands it to the collector.
+    /// Completes an event and hands it to the collector. Its duration ends here unless
+    /// [`Pending::stop`] ended it before.
     pub fn finish(&self, mut p: Pending) {
-        p.event.dur_ns = p.start.elapsed().as_nanos() as u64;
+        p.stop();
         self.credit_opener(&mut p.event, p.errno.is_none());
         let record = Record::new(p.event, p.errno);
         let lane = &self.lanes.lanes[lane_index()];
