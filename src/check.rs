@@ -171,7 +171,7 @@ fn who(e: &Event) -> String {
 
 fn path_of(e: &Event) -> String {
     match (&e.path, e.ino) {
-        (Some(p), _) => p.clone(),
+        (Some(p), _) => p.to_string(),
         (None, Some(ino)) => format!("ino {ino}"),
         (None, None) => "?".into(),
     }

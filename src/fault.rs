@@ -684,7 +684,7 @@ mod tests {
             op,
             path: Some(path.into()),
             pid: 7,
-            comm: Arc::from("app"),
+            comm: "app".into(),
             ..Event::default()
         }
     }

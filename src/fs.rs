@@ -21,6 +21,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::errno::Errno;
+use crate::text::PathText;
 use data::{FileData, PAGE, Space};
 use dir::Dir;
 
@@ -536,27 +537,47 @@ impl State {
         }
     }
 
-    /// The path of `ino` inside the mount by its first name, or `None` if it has none left.
-    fn path_of(&self, ino: u64) -> Option<String> {
-        let mut names: Vec<&OsStr> = Vec::new();
+    /// The path of `ino` inside the mount by its first name, followed by `last` if given, or
+    /// `None` if `ino` has no name left.
+    fn path_of(&self, ino: u64, last: Option<&OsStr>) -> Option<PathText> {
+        // Names from `ino` up; on the stack unless the tree is deep.
+        const SHALLOW: usize = 16;
+        let mut shallow = [OsStr::new(""); SHALLOW];
+        let mut deep: Vec<&OsStr> = Vec::new();
+        let mut n = 0;
+        let mut push = |name| {
+            if n < SHALLOW {
+                shallow[n] = name;
+            } else {
+                if deep.is_empty() {
+                    deep.extend_from_slice(&shallow);
+                }
+                deep.push(name);
+            }
+            n += 1;
+        };
+        if let Some(last) = last {
+            push(last);
+        }
         let mut cur = ino;
-        while cur != ROOT {
-            let (parent, name) = self.nodes.get(&cur)?.links.first()?;
-            names.push(name);
-            cur = *parent;
-            if names.len() > 4096 {
+        for depth in 0.. {
+            if cur == ROOT {
+                break;
+            }
+            if depth > 4096 {
                 return None;
             }
+            let (parent, name) = self.nodes.get(&cur)?.links.first()?;
+            push(name);
+            cur = *parent;
         }
-        let mut path = String::with_capacity(names.iter().map(|n| n.len() + 1).sum::<usize>() + 1);
-        for name in names.iter().rev() {
-            path.push('/');
-            path.push_str(&name.to_string_lossy());
-        }
-        if path.is_empty() {
-            path.push('/');
-        }
-        Some(path)
+        let names = if n <= SHALLOW {
+            &mut shallow[..n]
+        } else {
+            &mut deep[..]
+        };
+        names.reverse();
+        Some(PathText::from_names(names))
     }
 
     fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> bool {
@@ -919,18 +940,13 @@ impl Fs {
 
     /// The path of `ino` inside the mount ("/" for the root), by its first name; `None` once
     /// it has no name left.
-    pub fn path(&self, ino: u64) -> Option<String> {
-        self.lock().path_of(ino)
+    pub fn path(&self, ino: u64) -> Option<PathText> {
+        self.lock().path_of(ino, None)
     }
 
     /// The path `name` has (or would have) in directory `parent`.
-    pub fn name_path(&self, parent: u64, name: &OsStr) -> Option<String> {
-        let mut p = self.lock().path_of(parent)?;
-        if !p.ends_with('/') {
-            p.push('/');
-        }
-        p.push_str(&name.to_string_lossy());
-        Some(p)
+    pub fn name_path(&self, parent: u64, name: &OsStr) -> Option<PathText> {
+        self.lock().path_of(parent, Some(name))
     }
 
     /// link(2): a new name for `ino`.

@@ -332,7 +332,7 @@ impl RawFs {
                     rule: rule.id(),
                     seq: e.seq,
                     op: e.op.name().to_string(),
-                    path: e.path.clone(),
+                    path: e.path.as_deref().map(str::to_string),
                     pid: e.pid,
                     comm: e.comm.to_string(),
                     waited_ms: 0,

@@ -17,6 +17,7 @@ pub mod fuse;
 pub mod harness;
 pub mod mount;
 pub mod registry;
+pub mod text;
 pub mod trace;
 
 pub use errno::Errno;

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::{Comm, PathText};
+
 /// The kind of request.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord,
@@ -229,7 +231,7 @@ pub struct Event {
     /// Process id (thread group) of the caller; 0 if unknown (the process was gone).
     pub pid: u32,
     /// Command name of the caller's process; empty if unknown.
-    pub comm: std::sync::Arc<str>,
+    pub comm: Comm,
     /// File system user id of the caller.
     pub uid: u32,
     /// File system group id of the caller.
@@ -242,10 +244,10 @@ pub struct Event {
     /// Path of the node the request is about, inside the mount ("/" is the mount point), as
     /// it was when the request arrived; for name operations, the path of the name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub path: Option<PathText>,
     /// Second path: the new name of a rename or link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path2: Option<String>,
+    pub path2: Option<PathText>,
     /// Second inode: the new parent of a rename or link, the output file of copy_file_range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ino2: Option<u64>,

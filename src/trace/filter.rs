@@ -23,6 +23,7 @@ use std::ops::RangeInclusive;
 use globset::{GlobBuilder, GlobMatcher};
 
 use super::{Event, Op};
+use crate::text::PathText;
 
 /// A selection of events. Each criterion that is set must match; an empty `ops` and `None`
 /// elsewhere match everything.
@@ -75,7 +76,7 @@ impl Filter {
             return false;
         }
         if let Some(glob) = &self.path {
-            let hit = |p: &Option<String>| p.as_deref().is_some_and(|p| glob.matches(p));
+            let hit = |p: &Option<PathText>| p.as_deref().is_some_and(|p| glob.matches(p));
             if !hit(&e.path) && !hit(&e.path2) {
                 return false;
             }

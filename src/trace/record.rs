@@ -1,18 +1,17 @@
 //! `Record`: an event as the recorder keeps it between the request and a read.
 //!
 //! [`Event`] has a field for everything any operation reports, most of them empty for any one
-//! request: about 460 bytes. Every event crosses from the request's thread to the collector and
+//! request: over 500 bytes. Every event crosses from the request's thread to the collector and
 //! then sits in the buffer, so its size is what the trace costs in memory traffic and in
 //! memory. A `Record` keeps the fields most requests have inline, the numeric fields that are
 //! present packed into a few words, and the command name and a short path inside itself (so
-//! that no memory passes from the request's thread to the collector's allocator): under 200
+//! that no memory passes from the request's thread to the collector's allocator): 200
 //! bytes. A request with a rarer field (a second path, an xattr name or symlink target,
 //! setattr fields, a fault) keeps its whole event in a box instead.
 
-use std::sync::Arc;
-
 use super::event::{Event, Op};
 use crate::Errno;
+use crate::text::{Comm, PathText};
 
 /// Numeric fields kept inline; an event with more is kept whole.
 const INLINE: usize = 8;
@@ -69,11 +68,8 @@ pub struct Compact {
     pid: u32,
     uid: u32,
     gid: u32,
-    /// The command name (at most 15 bytes, as the kernel keeps it), inside the record: the
-    /// shared name of the process is not touched again after the request.
-    comm: [u8; COMM],
-    comm_len: u8,
-    path: PathText,
+    comm: Comm,
+    path: Option<PathText>,
     /// Values of the numeric fields present, in declaration order; bit i of `present` says
     /// whether the i-th numeric field is.
     nums: [u64; INLINE],
@@ -82,49 +78,6 @@ pub struct Compact {
     errno: i32,
     op: Op,
     short: bool,
-}
-
-/// Longest command name the kernel keeps (TASK_COMM_LEN less the terminating NUL).
-const COMM: usize = 15;
-
-/// Bytes of a path kept inside the record.
-const SHORT_PATH: usize = 54;
-
-/// A path, inside the record when short. The request's own string is then freed by the
-/// request's thread, where it was allocated: freeing it on the collector's thread would hand
-/// the memory from one thread's allocator to another's with every event.
-#[derive(Debug)]
-enum PathText {
-    None,
-    Short { len: u8, bytes: [u8; SHORT_PATH] },
-    Long(String),
-}
-
-impl PathText {
-    fn new(path: Option<String>) -> PathText {
-        match path {
-            None => PathText::None,
-            Some(p) if p.len() <= SHORT_PATH => {
-                let mut bytes = [0u8; SHORT_PATH];
-                bytes[..p.len()].copy_from_slice(p.as_bytes());
-                PathText::Short {
-                    len: p.len() as u8,
-                    bytes,
-                }
-            }
-            Some(p) => PathText::Long(p),
-        }
-    }
-
-    fn get(&self) -> Option<String> {
-        match self {
-            PathText::None => None,
-            PathText::Short { len, bytes } => {
-                Some(String::from_utf8_lossy(&bytes[..*len as usize]).into_owned())
-            }
-            PathText::Long(p) => Some(p.clone()),
-        }
-    }
 }
 
 /// An event as the recorder keeps it.
@@ -154,7 +107,6 @@ impl Record {
             || e.set.is_some()
             || e.fault.is_some()
             || e.flags_str.is_some()
-            || e.comm.len() > COMM
             || (errno.is_none() && e.errno.is_some());
         macro_rules! count {
             ($($f:ident),*) => { 0 $(+ e.$f.is_some() as usize)* };
@@ -180,8 +132,6 @@ impl Record {
             )*};
         }
         numeric_fields!(pack);
-        let mut comm = [0u8; COMM];
-        comm[..e.comm.len()].copy_from_slice(e.comm.as_bytes());
         // The counters' last increments.
         let _ = (n, bit);
         Record::Compact(Compact {
@@ -192,9 +142,8 @@ impl Record {
             pid: e.pid,
             uid: e.uid,
             gid: e.gid,
-            comm,
-            comm_len: e.comm.len() as u8,
-            path: PathText::new(e.path),
+            comm: e.comm,
+            path: e.path,
             nums,
             present,
             errno: errno.map_or(0, Errno::code),
@@ -225,9 +174,9 @@ impl Record {
             pid: c.pid,
             uid: c.uid,
             gid: c.gid,
-            comm: Arc::from(String::from_utf8_lossy(&c.comm[..c.comm_len as usize])),
+            comm: c.comm.clone(),
             op: c.op,
-            path: c.path.get(),
+            path: c.path.clone(),
             short: c.short,
             errno: (c.errno != 0).then(|| Errno::from_raw(c.errno).to_string()),
             ..Event::default()
@@ -296,6 +245,7 @@ fn knows_every_field(e: &Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::text::PATH_INLINE as SHORT_PATH;
     use crate::trace::event::SetattrFields;
 
     fn base() -> Event {
@@ -305,7 +255,7 @@ mod tests {
             dur_ns: 20,
             tid: 42,
             pid: 41,
-            comm: Arc::from("python3"),
+            comm: "python3".into(),
             uid: 1000,
             gid: 100,
             op: Op::Read,
@@ -334,7 +284,7 @@ mod tests {
             path: Some("/a/b".into()),
             ..base()
         };
-        assert!(std::mem::size_of::<Record>() < 200);
+        assert!(std::mem::size_of::<Record>() <= 200);
         assert_eq!(round_trip(read.clone(), None), (read, true));
         let create = Event {
             op: Op::Create,
@@ -390,23 +340,15 @@ mod tests {
                 ..copy
             }
         );
-        // A path longer than the record holds, and a name longer than the kernel's.
-        let long = Event {
-            path: Some(format!("/{}", "d/".repeat(40))),
-            ..base()
-        };
-        assert_eq!(round_trip(long.clone(), None), (long, true));
-        let exactly = Event {
-            path: Some("p".repeat(SHORT_PATH)),
-            comm: Arc::from("c".repeat(COMM)),
-            ..base()
-        };
-        assert_eq!(round_trip(exactly.clone(), None), (exactly, true));
-        let named = Event {
-            comm: Arc::from("c".repeat(COMM + 1)),
-            ..base()
-        };
-        assert_eq!(round_trip(named.clone(), None), (named, false));
+        // Paths and names inline, at the edge, and longer than the record holds inline.
+        for len in [SHORT_PATH, SHORT_PATH + 1, 81] {
+            let e = Event {
+                path: Some("p".repeat(len).into()),
+                comm: "c".repeat(len - 30).into(),
+                ..base()
+            };
+            assert_eq!(round_trip(e.clone(), None), (e, true));
+        }
         // An errno given only as text is kept as it is.
         let odd = Event {
             errno: Some("EWHATEVER".into()),

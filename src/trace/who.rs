@@ -10,10 +10,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::exec_watch::{self, ExecWatch};
+use crate::text::Comm;
 
 /// How long a cached process id and name are trusted while exec notices arrive.
 pub const TTL: Duration = Duration::from_secs(1);
@@ -29,7 +30,7 @@ pub struct Who {
     /// Process id (thread group id); 0 if the thread was gone.
     pub pid: u32,
     /// Command name of the process; empty if unknown.
-    pub comm: Arc<str>,
+    pub comm: Comm,
 }
 
 #[derive(Debug)]
@@ -43,7 +44,6 @@ struct Entry {
 #[derive(Debug)]
 pub struct WhoCache {
     shards: Vec<Mutex<HashMap<u32, Entry>>>,
-    unknown: Arc<str>,
     watch: Option<&'static ExecWatch>,
 }
 
@@ -51,7 +51,6 @@ impl Default for WhoCache {
     fn default() -> Self {
         WhoCache {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            unknown: Arc::from(""),
             watch: exec_watch::watch(),
         }
     }
@@ -72,7 +71,7 @@ impl WhoCache {
         if tid == 0 {
             return Who {
                 pid: 0,
-                comm: self.unknown.clone(),
+                comm: Comm::default(),
             };
         }
         let shard = &self.shards[tid as usize % SHARDS];
@@ -119,7 +118,7 @@ impl WhoCache {
         }
         let who = read_proc(tid).unwrap_or_else(|| Who {
             pid: 0,
-            comm: self.unknown.clone(),
+            comm: Comm::default(),
         });
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= SWEEP_AT {
@@ -162,7 +161,7 @@ fn read_proc(tid: u32) -> Option<Who> {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     Some(Who {
         pid,
-        comm: Arc::from(comm.trim_end_matches('\n')),
+        comm: Comm::from(comm.trim_end_matches('\n')),
     })
 }
 

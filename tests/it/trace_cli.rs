@@ -555,7 +555,7 @@ fn trace_into_a_closed_pipe_ends_quietly() {
         let e = Event {
             seq,
             op: Op::Getattr,
-            path: Some(format!("/some/longer/path/{seq}")),
+            path: Some(format!("/some/longer/path/{seq}").into()),
             ..Event::default()
         };
         lines.push_str(&serde_json::to_string(&e).unwrap());
