@@ -1,14 +1,15 @@
 //! The recorder: takes one event per request from the session threads and keeps it.
 //!
 //! The request path only numbers the event (one atomic counter), fills plain fields and
-//! appends it to its thread's lane: a short vector behind a lock that only that thread and,
-//! every few milliseconds, the collector take. The collector thread ("rawfs-trace") swaps
-//! each lane's vector for an empty one (the two are reused, so the memory the request path
-//! writes stays in cache), merges the lanes in sequence order into the in-memory buffer (the
-//! newest `capacity` events) and, when a trace file is set, writes them as JSON lines. If a
-//! lane is full, the overflow policy decides: `Wait` (the request waits for the collector;
-//! nothing is lost) or `Drop` (the event is dropped and counted). Events evicted from the
-//! full buffer are counted too; both counts are reported with every read of the buffer.
+//! encodes it ([`super::record`]) at the end of its thread's lane: a byte buffer behind a
+//! lock that only that thread and, every few milliseconds, the collector take. The collector
+//! thread ("rawfs-trace") swaps each lane's buffer for an empty one (the two are reused, so
+//! the memory the request path writes stays in cache), merges the lanes' records in sequence
+//! order into the in-memory buffer (the newest `capacity` events, still encoded) and, when a
+//! trace file is set, writes them as JSON lines. If a lane is full, the overflow policy
+//! decides: `Wait` (the request waits for the collector; nothing is lost) or `Drop` (the
+//! event is dropped and counted). Events evicted from the full buffer are counted too; both
+//! counts are reported with every read of the buffer. Records are decoded only for readers.
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -24,7 +25,7 @@ use log::error;
 
 use super::event::{Event, FORMAT_VERSION, Header, Op};
 use super::format;
-use super::record::Record;
+use super::record;
 use super::who::{Who, WhoCache};
 use crate::Errno;
 
@@ -32,8 +33,8 @@ use crate::Errno;
 const LANES: usize = 16;
 /// Events a lane holds before the overflow policy applies.
 const LANE_CAPACITY: usize = 4096;
-/// Events the buffer reserves room for at the start (it grows beyond, up to its capacity).
-const RESERVE: usize = 128 * 1024;
+/// Records per chunk of the buffer.
+const CHUNK: usize = 1024;
 
 /// What to do when the collector falls behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -96,10 +97,8 @@ pub struct Store {
 
 #[derive(Debug)]
 struct StoreInner {
-    /// Events in the order they were stored, each with its storage index.
-    events: VecDeque<(u64, Record)>,
-    /// Storage index of the next event.
-    next_index: u64,
+    /// The records in the order they were stored.
+    records: Chunks,
     capacity: usize,
     counts: Counts,
     /// The collector has exited: no event will arrive any more.
@@ -108,16 +107,106 @@ struct StoreInner {
     kicked: bool,
 }
 
+/// Encoded records in chunks of up to [`CHUNK`], each chunk holding records with consecutive
+/// storage indices. The oldest records are dropped from the front, a chunk at a time once all
+/// of its records are gone.
+#[derive(Debug, Default)]
+struct Chunks {
+    chunks: VecDeque<Chunk>,
+    /// Records of the front chunk already evicted.
+    skip: usize,
+    /// Records held (not counting the evicted ones still in the front chunk).
+    len: usize,
+    /// Storage index of the next record.
+    next_index: u64,
+    /// An emptied chunk kept for reuse, so that a full buffer allocates nothing.
+    spare: Option<Chunk>,
+}
+
+#[derive(Debug, Default)]
+struct Chunk {
+    /// Storage index of the chunk's first record.
+    first: u64,
+    bytes: Vec<u8>,
+    /// Where each record ends in `bytes`.
+    ends: Vec<u32>,
+}
+
+impl Chunk {
+    fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.bytes[start..self.ends[i] as usize]
+    }
+}
+
+impl Chunks {
+    /// Appends `record` with storage index `index` (at least any stored before).
+    fn push(&mut self, index: u64, record: &[u8]) {
+        let fits = self.chunks.back().is_some_and(|c| {
+            c.ends.len() < CHUNK
+                && c.first + c.ends.len() as u64 == index
+                && c.bytes.len() + record.len() <= u32::MAX as usize
+        });
+        if !fits {
+            let mut c = self.spare.take().unwrap_or_default();
+            c.first = index;
+            self.chunks.push_back(c);
+        }
+        if let Some(c) = self.chunks.back_mut() {
+            c.bytes.extend_from_slice(record);
+            c.ends.push(c.bytes.len() as u32);
+        }
+        self.len += 1;
+        self.next_index = index + 1;
+    }
+
+    /// Drops the oldest record.
+    fn pop_front(&mut self) {
+        let Some(front) = self.chunks.front() else {
+            return;
+        };
+        self.skip += 1;
+        self.len -= 1;
+        if self.skip >= front.ends.len() {
+            self.skip = 0;
+            if let Some(mut c) = self.chunks.pop_front() {
+                c.bytes.clear();
+                c.ends.clear();
+                self.spare = Some(c);
+            }
+        }
+    }
+
+    /// Every record with its storage index, oldest first.
+    fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.chunks.iter().enumerate().flat_map(move |(n, c)| {
+            let from = if n == 0 { self.skip } else { 0 };
+            (from..c.ends.len()).map(move |i| (c.first + i as u64, c.get(i)))
+        })
+    }
+
+    /// Keeps only the records for which `keep` holds; storage indices stay as they were.
+    fn retain(&mut self, keep: impl Fn(&[u8]) -> bool) {
+        let old = std::mem::take(self);
+        self.next_index = old.next_index;
+        for (index, r) in old.iter() {
+            if keep(r) {
+                self.push(index, r);
+            }
+        }
+        self.next_index = old.next_index;
+    }
+}
+
 impl Store {
     fn new(capacity: usize, started_unix_ns: u128) -> Store {
         Store {
             inner: Mutex::new(StoreInner {
-                events: VecDeque::with_capacity(capacity.min(RESERVE)),
+                records: Chunks::default(),
                 capacity,
                 counts: Counts::default(),
                 closed: false,
                 kicked: false,
-                next_index: 0,
             }),
             changed: Condvar::new(),
             kick: Condvar::new(),
@@ -196,13 +285,13 @@ impl Store {
     pub fn since_with_index(&self, after: u64) -> (Vec<Event>, Counts, u64) {
         let s = self.lock();
         let mut out: Vec<Event> = s
-            .events
+            .records
             .iter()
-            .filter(|(_, r)| r.seq() > after)
-            .map(|(_, r)| readable(r))
+            .filter(|(_, r)| record::seq(r) > after)
+            .filter_map(|(_, r)| readable(r))
             .collect();
         out.sort_by_key(|e| e.seq);
-        (out, s.counts, s.next_index)
+        (out, s.counts, s.records.next_index)
     }
 
     /// The events stored from storage index `from` on, in storage (completion) order,
@@ -213,13 +302,13 @@ impl Store {
         let deadline = Instant::now() + timeout;
         let mut s = self.lock();
         loop {
-            if s.next_index > from || s.closed {
+            if s.records.next_index > from || s.closed {
                 let out = s
-                    .events
+                    .records
                     .iter()
                     .filter(|(i, _)| *i >= from)
-                    .map(|(_, e)| readable(e));
-                return (out.collect(), s.next_index, s.closed);
+                    .filter_map(|(_, r)| readable(r));
+                return (out.collect(), s.records.next_index, s.closed);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -237,9 +326,9 @@ impl Store {
     /// returns how many were removed.
     pub fn clear(&self, upto: u64) -> u64 {
         let mut s = self.lock();
-        let before = s.events.len();
-        s.events.retain(|(_, r)| r.seq() > upto);
-        let n = (before - s.events.len()) as u64;
+        let before = s.records.len;
+        s.records.retain(|r| record::seq(r) > upto);
+        let n = (before - s.records.len) as u64;
         s.counts.cleared += n;
         n
     }
@@ -251,7 +340,7 @@ impl Store {
 
     /// Number of events buffered now.
     pub fn len(&self) -> usize {
-        self.lock().events.len()
+        self.lock().records.len
     }
 
     /// True if no event is buffered.
@@ -265,61 +354,60 @@ impl Store {
         self.wait_until(timeout, |s| s.closed)
     }
 
-    /// Stores the events taken from the lanes (emptying them), merged in sequence order,
+    /// Stores the records taken from the lanes (emptying them), merged in sequence order,
     /// evicting the oldest beyond capacity.
-    fn push_lanes(&self, taken: &mut [Vec<Record>]) {
-        let mut evicted = Vec::new();
+    fn push_lanes(&self, taken: &mut [LaneBuf]) {
         let mut s = self.lock();
-        merge(taken, |e| {
-            if s.events.len() >= s.capacity {
-                if let Some((_, old)) = s.events.pop_front() {
-                    evicted.push(old);
-                }
+        let s = &mut *s;
+        merge(taken, |r| {
+            if s.records.len >= s.capacity {
+                s.records.pop_front();
                 s.counts.evicted += 1;
             }
-            let index = s.next_index;
-            s.next_index += 1;
+            let index = s.records.next_index;
+            s.records.push(index, r);
             s.counts.recorded += 1;
-            s.events.push_back((index, e));
         });
-        drop(s);
         self.changed.notify_all();
-        // Freed outside the lock, so that readers do not wait for it.
-        drop(evicted);
     }
 }
 
-/// Hands the events of `lanes` to `each` (emptying the lanes), lowest sequence number first
+/// Hands the records of `lanes` to `each` (emptying the lanes), lowest sequence number first
 /// among the lanes' heads. A lane is in completion order, which is nearly sequence order.
-fn merge(lanes: &mut [Vec<Record>], mut each: impl FnMut(Record)) {
+fn merge(lanes: &mut [LaneBuf], mut each: impl FnMut(&[u8])) {
     let mut queues: Vec<_> = lanes
-        .iter_mut()
-        .filter(|q| !q.is_empty())
-        .map(|q| q.drain(..).peekable())
+        .iter()
+        .filter(|q| q.count > 0)
+        .map(|q| record::records(&q.bytes).peekable())
         .collect();
-    if let [only] = queues.as_mut_slice() {
-        only.for_each(each);
-        return;
-    }
     while let Some(q) = queues
         .iter_mut()
-        .filter_map(|q| Some((q.peek()?.seq(), q)))
+        .filter_map(|q| Some((record::seq(q.peek()?), q)))
         .min_by_key(|(seq, _)| *seq)
         .map(|(_, q)| q)
     {
-        if let Some(e) = q.next() {
-            each(e);
+        if let Some(r) = q.next() {
+            each(r);
         }
+    }
+    drop(queues);
+    for q in lanes {
+        q.bytes.clear();
+        q.count = 0;
     }
 }
 
-/// A stored event as readers get it: with its flags decoded (done here, off the request path).
-fn readable(r: &Record) -> Event {
-    let mut e = r.event();
+/// A stored record as readers get it: decoded, with its flags decoded too (done here, off the
+/// request path). A record that does not decode is logged and left out.
+fn readable(r: &[u8]) -> Option<Event> {
+    let Some(mut e) = record::decode(r) else {
+        error!("trace record {} does not decode; left out", record::seq(r));
+        return None;
+    };
     if e.flags_str.is_none() {
         super::decorate(&mut e);
     }
-    e
+    Some(e)
 }
 
 /// Numbers, fills and hands over events; owned by the FUSE adapter.
@@ -352,15 +440,22 @@ struct Lanes {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Lane {
-    events: Mutex<Vec<Record>>,
+    events: Mutex<LaneBuf>,
     /// Signalled when the collector has emptied a full lane (overflow policy `wait`).
     room: Condvar,
     /// A request waits on `room`.
     waiting: AtomicBool,
 }
 
+/// Records a lane holds, one after another.
+#[derive(Debug, Default)]
+struct LaneBuf {
+    bytes: Vec<u8>,
+    count: usize,
+}
+
 impl Lane {
-    fn lock(&self) -> MutexGuard<'_, Vec<Record>> {
+    fn lock(&self) -> MutexGuard<'_, LaneBuf> {
         self.events.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -496,10 +591,9 @@ impl Recorder {
     pub fn finish(&self, mut p: Pending) {
         p.stop();
         self.credit_opener(&mut p.event, p.errno.is_none());
-        let record = Record::new(p.event, p.errno);
         let lane = &self.lanes.lanes[lane_index()];
         let mut q = lane.lock();
-        if q.len() >= LANE_CAPACITY {
+        if q.count >= LANE_CAPACITY {
             match self.overflow {
                 Overflow::Drop => {
                     drop(q);
@@ -513,7 +607,7 @@ impl Recorder {
                     drop(q);
                     self.store.wake_collector();
                     q = lane.lock();
-                    while q.len() >= LANE_CAPACITY && !self.lanes.closing.load(Ordering::Acquire) {
+                    while q.count >= LANE_CAPACITY && !self.lanes.closing.load(Ordering::Acquire) {
                         lane.waiting.store(true, Ordering::Release);
                         q = lane
                             .room
@@ -524,7 +618,8 @@ impl Recorder {
                 }
             }
         }
-        q.push(record);
+        record::encode(&p.event, p.errno, &mut q.bytes);
+        q.count += 1;
     }
 }
 
@@ -582,8 +677,8 @@ fn collect(lanes: &Lanes, store: &Store, mut file: Option<BufWriter<File>>) {
     const MIN_POLL: Duration = Duration::from_millis(5);
     const MAX_POLL: Duration = Duration::from_millis(50);
     // What was taken from each lane; swapped back in next time, so both stay allocated.
-    let mut taken: Vec<Vec<Record>> = (0..lanes.lanes.len()).map(|_| Vec::new()).collect();
-    let mut sorted = Vec::new();
+    let mut taken: Vec<LaneBuf> = (0..lanes.lanes.len()).map(|_| LaneBuf::default()).collect();
+    let mut sorted = LaneBuf::default();
     let mut poll = MIN_POLL;
     loop {
         let closing = lanes.closing.load(Ordering::Acquire);
@@ -591,13 +686,13 @@ fn collect(lanes: &Lanes, store: &Store, mut file: Option<BufWriter<File>>) {
         let mut backlog = false;
         for (lane, mine) in lanes.lanes.iter().zip(taken.iter_mut()) {
             let mut q = lane.lock();
-            if q.is_empty() {
+            if q.count == 0 {
                 continue;
             }
             std::mem::swap(&mut *q, mine);
             drop(q);
             any = true;
-            backlog |= mine.len() >= LANE_CAPACITY / 2;
+            backlog |= mine.count >= LANE_CAPACITY / 2;
             if lane.waiting.swap(false, Ordering::AcqRel) {
                 lane.room.notify_all();
             }
@@ -614,9 +709,16 @@ fn collect(lanes: &Lanes, store: &Store, mut file: Option<BufWriter<File>>) {
         }
         poll = MIN_POLL;
         if let Some(f) = &mut file {
-            merge(&mut taken, |r| sorted.push(r));
-            for r in &sorted {
-                if let Err(err) = format::write_event(f, &r.event()) {
+            merge(&mut taken, |r| {
+                sorted.bytes.extend_from_slice(r);
+                sorted.count += 1;
+            });
+            for r in record::records(&sorted.bytes) {
+                let written = match record::decode(r) {
+                    Some(e) => format::write_event(f, &e),
+                    None => Err(io::Error::other("a record does not decode")),
+                };
+                if let Err(err) = written {
                     error!("trace file write failed: {err}");
                     store.lock().counts.write_errors += 1;
                 }
@@ -709,6 +811,47 @@ mod tests {
         seqs.dedup();
         assert_eq!(seqs.len() as u64, counts.recorded);
         assert!(seqs.iter().all(|s| (1..=n).contains(s)));
+    }
+
+    #[test]
+    fn chunks_evict_from_the_front_and_keep_storage_indices_through_a_retain() {
+        let mut c = Chunks::default();
+        let mut bytes = Vec::new();
+        for seq in 1..=(2 * CHUNK as u64 + 10) {
+            bytes.clear();
+            let e = Event {
+                seq,
+                ..Event::default()
+            };
+            record::encode(&e, None, &mut bytes);
+            c.push(seq - 1, &bytes);
+            if c.len > CHUNK + 5 {
+                c.pop_front();
+            }
+        }
+        let seqs = |c: &Chunks| {
+            c.iter()
+                .map(|(i, r)| (i, record::seq(r)))
+                .collect::<Vec<_>>()
+        };
+        let all = seqs(&c);
+        assert_eq!(all.len(), CHUNK + 5);
+        assert_eq!(all.first(), Some(&(CHUNK as u64 + 5, CHUNK as u64 + 6)));
+        assert_eq!(
+            all.last(),
+            Some(&(2 * CHUNK as u64 + 9, 2 * CHUNK as u64 + 10))
+        );
+        // The front chunk went whole once all its records were evicted.
+        assert_eq!(c.chunks.len(), 2);
+        c.retain(|r| record::seq(r) % 2 == 0);
+        let even = seqs(&c);
+        assert_eq!(
+            even,
+            all.into_iter()
+                .filter(|(_, s)| s % 2 == 0)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!((c.len, c.next_index), (even.len(), 2 * CHUNK as u64 + 10));
     }
 
     #[test]
