@@ -85,12 +85,34 @@ const FAULT: u32 = 1 << 6;
 const FLAGS_STR: u32 = 1 << 7;
 const SET: u32 = 1 << 8;
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
+/// The fixed part of a record and its numbers, written on the stack and then appended in one
+/// copy: the longest is the header, 6 + 17 numbers of up to 10 bytes, 2 bit words and the op.
+struct Head {
+    bytes: [u8; HEAD_MAX],
+    len: usize,
+}
+
+const HEAD_MAX: usize = HEADER + 23 * 10 + 2 * 5 + 1;
+
+impl Head {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.bytes[self.len] = v as u8 | 0x80;
+            self.len += 1;
+            v >>= 7;
+        }
+        self.bytes[self.len] = v as u8;
+        self.len += 1;
     }
-    out.push(v as u8);
+}
+
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    let mut h = Head {
+        bytes: [0; HEAD_MAX],
+        len: 0,
+    };
+    h.varint(v);
+    out.extend_from_slice(&h.bytes[..h.len]);
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -155,15 +177,19 @@ pub fn encode(e: &Event, errno: Option<Errno>, out: &mut Vec<u8>) {
     } = e;
     let errno_text = errno_text.as_deref().filter(|_| errno.is_none());
     let start = out.len();
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&seq.to_le_bytes());
+    let mut h = Head {
+        bytes: [0; HEAD_MAX],
+        len: HEADER,
+    };
+    h.bytes[4..HEADER].copy_from_slice(&seq.to_le_bytes());
     for v in [*ts_ns, *dur_ns] {
-        put_varint(out, v);
+        h.varint(v);
     }
     for v in [*tid, *pid, *uid, *gid] {
-        put_varint(out, v.into());
+        h.varint(v.into());
     }
-    out.push(Op::ALL.iter().position(|o| o == op).unwrap_or(0) as u8);
+    h.bytes[h.len] = *op as u8;
+    h.len += 1;
     let mut has = 0;
     for (bit, on) in [
         (SHORT, *short),
@@ -180,7 +206,7 @@ pub fn encode(e: &Event, errno: Option<Errno>, out: &mut Vec<u8>) {
             has |= bit;
         }
     }
-    put_varint(out, has.into());
+    h.varint(has.into());
     let mut present = 0u32;
     let mut bit = 0;
     macro_rules! presence {
@@ -193,15 +219,16 @@ pub fn encode(e: &Event, errno: Option<Errno>, out: &mut Vec<u8>) {
     }
     numeric_fields!(presence);
     let _ = bit;
-    put_varint(out, present.into());
+    h.varint(present.into());
     macro_rules! values {
         ($($f:ident),*) => {$(
             if let Some(v) = e.$f {
-                put_varint(out, Packed::pack(v));
+                h.varint(Packed::pack(v));
             }
         )*};
     }
     numeric_fields!(values);
+    out.extend_from_slice(&h.bytes[..h.len]);
     put_str(out, comm);
     if let Some(p) = path {
         put_str(out, p);
