@@ -236,14 +236,16 @@ impl RawFs {
         if self.recorder.is_none() {
             self.unrecorded.fetch_add(1, Ordering::Relaxed);
         }
-        let mut pending = if self.recorder.is_some() || faults {
+        // Built in place and never moved: an event is several hundred bytes.
+        let mut pending: Option<Pending> = None;
+        if self.recorder.is_some() || faults {
             let (tid, uid, gid) = (req.pid(), req.uid(), req.gid());
-            let mut p = match &self.recorder {
-                Some(r) => r.begin(op, tid, uid, gid),
+            let p = match &self.recorder {
+                Some(r) => r.begin_in(&mut pending, op, tid, uid, gid),
                 None => {
                     let who = self.who.lookup(tid);
                     let (pid, comm) = (who.pid, who.comm);
-                    Pending::unrecorded(Event {
+                    pending.insert(Pending::unrecorded(Event {
                         op,
                         tid,
                         pid,
@@ -251,14 +253,11 @@ impl RawFs {
                         uid,
                         gid,
                         ..Event::default()
-                    })
+                    }))
                 }
             };
             describe(&mut p.event, &self.fs);
-            Some(p)
-        } else {
-            None
-        };
+        }
         let hit = match (&pending, faults) {
             (Some(p), true) => self.faults.check(&p.event),
             _ => None,
@@ -286,7 +285,7 @@ impl RawFs {
         if let Some((d, true)) = hit.as_ref().and_then(|r| r.delay()) {
             std::thread::sleep(d);
         }
-        let Some(mut p) = pending else {
+        let Some(p) = pending.as_mut() else {
             return answer(result);
         };
         match &result {

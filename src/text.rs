@@ -61,6 +61,14 @@ impl<const N: usize> Text<N> {
         }
     }
 
+    /// The text's bytes, without checking them again (they are UTF-8).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..*len as usize],
+            Repr::Heap(s) => s.as_bytes(),
+        }
+    }
+
     /// Whether the text is kept inside the value.
     pub fn is_inline(&self) -> bool {
         matches!(self.0, Repr::Inline { .. })

@@ -115,9 +115,9 @@ fn put_varint(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&h.bytes[..h.len]);
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     put_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(s);
 }
 
 fn put_time(out: &mut Vec<u8>, t: &Option<TimeSpec>) {
@@ -229,18 +229,18 @@ pub fn encode(e: &Event, errno: Option<Errno>, out: &mut Vec<u8>) {
     }
     numeric_fields!(values);
     out.extend_from_slice(&h.bytes[..h.len]);
-    put_str(out, comm);
+    put_str(out, comm.as_bytes());
     if let Some(p) = path {
-        put_str(out, p);
+        put_str(out, p.as_bytes());
     }
     if let Some(errno) = errno {
         put_varint(out, Packed::pack(errno.code()));
     }
     for s in [errno_text, path2.as_deref()].into_iter().flatten() {
-        put_str(out, s);
+        put_str(out, s.as_bytes());
     }
     for s in [name, fault, flags_str].into_iter().flatten() {
-        put_str(out, s);
+        put_str(out, s.as_bytes());
     }
     if let Some(set) = set {
         let SetattrFields {

@@ -566,29 +566,39 @@ impl Recorder {
 
     /// Starts the event of a request from thread `tid`.
     pub fn begin(&self, op: Op, tid: u32, uid: u32, gid: u32) -> Pending {
+        let mut slot = None;
+        self.begin_in(&mut slot, op, tid, uid, gid);
+        slot.unwrap_or_else(|| unreachable!())
+    }
+
+    /// [`Recorder::begin`] into `slot`, where the event is built in place: an event is
+    /// several hundred bytes, and the request path should not copy it around.
+    pub fn begin_in<'a>(
+        &self,
+        slot: &'a mut Option<Pending>,
+        op: Op,
+        tid: u32,
+        uid: u32,
+        gid: u32,
+    ) -> &'a mut Pending {
         let start = Instant::now();
         let seq = self.store.numbered.fetch_add(1, Ordering::AcqRel) + 1;
-        let who = self.who.lookup_at(tid, start);
-        Pending {
-            event: Event {
-                seq,
-                ts_ns: start.duration_since(self.epoch).as_nanos() as u64,
-                tid,
-                pid: who.pid,
-                comm: who.comm,
-                uid,
-                gid,
-                op,
-                ..Event::default()
-            },
+        let p = slot.insert(Pending {
+            event: Event::default(),
             errno: None,
             start: Some(start),
-        }
+        });
+        let e = &mut p.event;
+        let who = self.who.lookup_at(tid, start);
+        (e.seq, e.tid, e.pid, e.comm, e.uid, e.gid, e.op) =
+            (seq, tid, who.pid, who.comm, uid, gid, op);
+        e.ts_ns = start.duration_since(self.epoch).as_nanos() as u64;
+        p
     }
 
     /// Completes an event and hands it to the collector. Its duration ends here unless
     /// [`Pending::stop`] ended it before.
-    pub fn finish(&self, mut p: Pending) {
+    pub fn finish(&self, p: &mut Pending) {
         p.stop();
         self.credit_opener(&mut p.event, p.errno.is_none());
         let lane = &self.lanes.lanes[lane_index()];
@@ -769,7 +779,7 @@ mod tests {
                     for i in 0..per_thread {
                         let mut p = rec.begin(Op::Getattr, 0, t as u32, 0);
                         p.event.ino = Some(i);
-                        rec.finish(p);
+                        rec.finish(&mut p);
                     }
                 });
             }
