@@ -14,11 +14,13 @@
 pub mod data;
 pub mod dir;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
+
+use rustc_hash::FxHashMap;
 
 use crate::errno::Errno;
 use crate::text::PathText;
@@ -246,9 +248,9 @@ const SPACE_WAIT: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
 struct State {
-    nodes: HashMap<u64, Node>,
+    nodes: FxHashMap<u64, Node>,
     next_ino: u64,
-    handles: HashMap<u64, Handle>,
+    handles: FxHashMap<u64, Handle>,
     next_fh: u64,
     space: Space,
 }
@@ -718,13 +720,13 @@ impl Fs {
             Body::Dir(Dir::new(ROOT)),
         );
         root.lookups = 1;
-        let mut nodes = HashMap::new();
+        let mut nodes = FxHashMap::default();
         nodes.insert(ROOT, root);
         Fs {
             state: Mutex::new(State {
                 nodes,
                 next_ino: ROOT + 1,
-                handles: HashMap::new(),
+                handles: FxHashMap::default(),
                 next_fh: 1,
                 space: Space::with_limit(limit),
             }),

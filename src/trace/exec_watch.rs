@@ -5,10 +5,11 @@
 //! Listening needs CAP_NET_ADMIN (root). Without it, [`watch`] returns `None` and the cache
 //! falls back to a short time-to-live.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 const SHARDS: usize = 16;
 /// Notices older than this are forgotten: no cached entry lives that long with a watch.
@@ -31,7 +32,7 @@ const EVENT_DATA: usize = 16;
 /// once the number changes.
 #[derive(Debug)]
 pub struct ExecWatch {
-    shards: Vec<Mutex<HashMap<u32, (u64, Instant)>>>,
+    shards: Vec<Mutex<FxHashMap<u32, (u64, Instant)>>>,
     counter: AtomicU64,
     /// Times notices were lost (the socket overflowed): every cached entry is then stale.
     lost: AtomicU64,
@@ -47,7 +48,9 @@ pub struct ExecWatch {
 impl ExecWatch {
     fn new(fd: i32) -> ExecWatch {
         ExecWatch {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(FxHashMap::default()))
+                .collect(),
             counter: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             prompt: AtomicBool::new(false),

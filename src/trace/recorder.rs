@@ -12,7 +12,7 @@
 //! counts are reported with every read of the buffer. Records are decoded only for readers.
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::error;
+use rustc_hash::FxHashMap;
 
 use super::event::{Event, FORMAT_VERSION, Header, Op};
 use super::format;
@@ -422,7 +423,7 @@ pub struct Recorder {
     collector: Option<JoinHandle<()>>,
     /// Who opened each live file handle: the kernel sends some requests on a handle (release,
     /// and writeback) on its own, with no caller, and those are credited to the opener.
-    openers: Vec<Mutex<HashMap<u64, Who>>>,
+    openers: Vec<Mutex<FxHashMap<u64, Who>>>,
 }
 
 const OPENER_SHARDS: usize = 16;
@@ -549,7 +550,7 @@ impl Recorder {
             store,
             collector: Some(collector),
             openers: (0..OPENER_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(FxHashMap::default()))
                 .collect(),
         })
     }
@@ -634,7 +635,7 @@ impl Recorder {
 }
 
 impl Recorder {
-    fn openers(&self, fh: u64) -> MutexGuard<'_, HashMap<u64, Who>> {
+    fn openers(&self, fh: u64) -> MutexGuard<'_, FxHashMap<u64, Who>> {
         self.openers[fh as usize % OPENER_SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -9,9 +9,10 @@
 //! that session threads rarely share a lock.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use super::exec_watch::{self, ExecWatch};
 use crate::text::Comm;
@@ -43,14 +44,16 @@ struct Entry {
 /// Thread id to process cache.
 #[derive(Debug)]
 pub struct WhoCache {
-    shards: Vec<Mutex<HashMap<u32, Entry>>>,
+    shards: Vec<Mutex<FxHashMap<u32, Entry>>>,
     watch: Option<&'static ExecWatch>,
 }
 
 impl Default for WhoCache {
     fn default() -> Self {
         WhoCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(FxHashMap::default()))
+                .collect(),
             watch: exec_watch::watch(),
         }
     }
