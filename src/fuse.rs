@@ -297,7 +297,7 @@ impl RawFs {
         };
         // The request took until its answer was ready; the kernel gets it before the event
         // is handed over, so the hand-over is not part of the caller's wait.
-        p.stop();
+        rec.stop(p);
         answer(result);
         rec.finish(p);
     }

@@ -9,6 +9,7 @@ pub mod flags;
 pub mod format;
 pub mod record;
 pub mod recorder;
+pub mod ticks;
 pub mod who;
 
 pub use event::{Event, FORMAT_VERSION, Header, Op};

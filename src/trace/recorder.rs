@@ -27,6 +27,7 @@ use rustc_hash::FxHashMap;
 use super::event::{Event, FORMAT_VERSION, Header, Op};
 use super::format;
 use super::record;
+use super::ticks::Ticks;
 use super::who::{Who, WhoCache};
 use crate::Errno;
 
@@ -415,6 +416,7 @@ fn readable(r: &[u8]) -> Option<Event> {
 #[derive(Debug)]
 pub struct Recorder {
     epoch: Instant,
+    ticks: Arc<Ticks>,
     who: WhoCache,
     lanes: Arc<Lanes>,
     overflow: Overflow,
@@ -483,8 +485,9 @@ pub struct Pending {
     /// The error the request failed with, recorded as the event's `errno` (kept as a number
     /// until the event is read).
     pub errno: Option<Errno>,
-    /// When the request began, until [`Pending::stop`] turns it into the duration.
-    start: Option<Instant>,
+    /// When the request began (and the tick counter then), until [`Recorder::stop`] turns
+    /// it into the duration.
+    start: Option<(Instant, u64)>,
 }
 
 impl Pending {
@@ -494,14 +497,7 @@ impl Pending {
         Pending {
             event,
             errno: None,
-            start: Some(Instant::now()),
-        }
-    }
-
-    /// Ends the request's duration now, if it was not ended before.
-    pub fn stop(&mut self) {
-        if let Some(start) = self.start.take() {
-            self.event.dur_ns = start.elapsed().as_nanos() as u64;
+            start: None,
         }
     }
 }
@@ -537,12 +533,18 @@ impl Recorder {
             lanes: (0..LANES).map(|_| Lane::default()).collect(),
             closing: AtomicBool::new(false),
         });
+        let ticks = Arc::new(Ticks::detect());
+        if ticks.uses_counter() {
+            log::info!("request durations from the time-stamp counter");
+        }
         let (collector_lanes, collector_store) = (lanes.clone(), store.clone());
+        let collector_ticks = ticks.clone();
         let collector = std::thread::Builder::new()
             .name("rawfs-trace".into())
-            .spawn(move || collect(&collector_lanes, &collector_store, file))?;
+            .spawn(move || collect(&collector_lanes, &collector_store, &collector_ticks, file))?;
         Ok(Recorder {
             epoch: Instant::now(),
+            ticks,
             who: WhoCache::default(),
             lanes,
             overflow: config.overflow,
@@ -583,11 +585,12 @@ impl Recorder {
         gid: u32,
     ) -> &'a mut Pending {
         let start = Instant::now();
+        let tick = self.ticks.now();
         let seq = self.store.numbered.fetch_add(1, Ordering::AcqRel) + 1;
         let p = slot.insert(Pending {
             event: Event::default(),
             errno: None,
-            start: Some(start),
+            start: Some((start, tick)),
         });
         let e = &mut p.event;
         let who = self.who.lookup_at(tid, start);
@@ -597,10 +600,17 @@ impl Recorder {
         p
     }
 
+    /// Ends the request's duration now, if it was not ended before.
+    pub fn stop(&self, p: &mut Pending) {
+        if let Some((start, tick)) = p.start.take() {
+            p.event.dur_ns = self.ticks.since(start, tick);
+        }
+    }
+
     /// Completes an event and hands it to the collector. Its duration ends here unless
-    /// [`Pending::stop`] ended it before.
+    /// [`Recorder::stop`] ended it before.
     pub fn finish(&self, p: &mut Pending) {
-        p.stop();
+        self.stop(p);
         self.credit_opener(&mut p.event, p.errno.is_none());
         let lane = &self.lanes.lanes[lane_index()];
         let mut q = lane.lock();
@@ -684,7 +694,7 @@ impl Drop for Recorder {
 
 /// The collector polls the lanes instead of being woken per event, so that a request never
 /// pays for a wake-up (a context switch on the request path).
-fn collect(lanes: &Lanes, store: &Store, mut file: Option<BufWriter<File>>) {
+fn collect(lanes: &Lanes, store: &Store, ticks: &Ticks, mut file: Option<BufWriter<File>>) {
     const MIN_POLL: Duration = Duration::from_millis(5);
     const MAX_POLL: Duration = Duration::from_millis(50);
     // What was taken from each lane; swapped back in next time, so both stay allocated.
@@ -692,6 +702,7 @@ fn collect(lanes: &Lanes, store: &Store, mut file: Option<BufWriter<File>>) {
     let mut sorted = LaneBuf::default();
     let mut poll = MIN_POLL;
     loop {
+        ticks.refine();
         let closing = lanes.closing.load(Ordering::Acquire);
         let mut any = false;
         let mut backlog = false;
