@@ -448,6 +448,9 @@ struct Lane {
     room: Condvar,
     /// A request waits on `room`.
     waiting: AtomicBool,
+    /// Where the lane's next record will probably be written: a hint for [`Lane::prefetch`],
+    /// never dereferenced.
+    next: AtomicUsize,
 }
 
 /// Records a lane holds, one after another.
@@ -458,6 +461,21 @@ struct LaneBuf {
 }
 
 impl Lane {
+    /// Asks the CPU to fetch, for writing, the lines the next record will touch (the lock and
+    /// the end of the buffer): they were last read by the collector on another CPU, and
+    /// fetching them while the request runs keeps the wait off the request's path.
+    fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
+            let end = self.next.load(Ordering::Relaxed);
+            for p in [self as *const Lane as usize, end, end + 64] {
+                // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
+                unsafe { _mm_prefetch::<_MM_HINT_ET0>(p as *const i8) };
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, LaneBuf> {
         self.events.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -587,6 +605,7 @@ impl Recorder {
         let start = Instant::now();
         let tick = self.ticks.now();
         let seq = self.store.numbered.fetch_add(1, Ordering::AcqRel) + 1;
+        self.lanes.lanes[lane_index()].prefetch();
         let p = slot.insert(Pending {
             event: Event::default(),
             errno: None,
@@ -641,6 +660,8 @@ impl Recorder {
         }
         record::encode(&p.event, p.errno, &mut q.bytes);
         q.count += 1;
+        let end = q.bytes.as_ptr() as usize + q.bytes.len();
+        lane.next.store(end, Ordering::Relaxed);
     }
 }
 
