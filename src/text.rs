@@ -41,6 +41,7 @@ enum Repr<const N: usize> {
 
 impl<const N: usize> Default for Text<N> {
     fn default() -> Self {
+        let () = Self::LEN_FITS;
         Text(Repr::Inline {
             len: 0,
             bytes: [0; N],
@@ -49,6 +50,9 @@ impl<const N: usize> Default for Text<N> {
 }
 
 impl<const N: usize> Text<N> {
+    /// The inline length is a byte: a `Text` with room for more fails to compile.
+    const LEN_FITS: () = assert!(N < 256, "Text<N> keeps its length in a byte");
+
     /// The text.
     pub fn as_str(&self) -> &str {
         match &self.0 {
@@ -77,6 +81,7 @@ impl<const N: usize> Text<N> {
     /// The absolute path made of `names`, outermost first: `/a/b/c`, or `/` for none.
     /// Names that are not UTF-8 are converted lossily, as `OsStr::to_string_lossy` does.
     pub fn from_names(names: &[&OsStr]) -> Self {
+        let () = Self::LEN_FITS;
         let mut len = names.len().max(1);
         for n in names {
             match n.to_str() {
@@ -117,6 +122,7 @@ impl<const N: usize> Text<N> {
 
 impl<const N: usize> From<&str> for Text<N> {
     fn from(s: &str) -> Self {
+        let () = Self::LEN_FITS;
         if s.len() > N {
             return Text(Repr::Heap(s.into()));
         }
