@@ -35,9 +35,13 @@
 # order that alternates from round to round (A B C, C B A, A B C, ...); the
 # median over the rounds is reported. Many short metadata rounds, because one
 # round's figure varies by 20-40% on a small virtual machine: two identical
-# mounts measured this way over 100 rounds of 1000 files agree within about 3%. The 1M seq write/read run once per variant. tmpfs and
-# passthrough_ll are measured first, one after the other, as before (metadata:
-# median of rounds inside mdbench).
+# mounts measured this way over 100 rounds of 1000 files agree within about 3%.
+# The rounds run in two blocks, half each, with the variants unmounted and
+# mounted again in the opposite order between them: the daemon mounted first
+# ran a few % slower than later ones, whatever it recorded. The 1M seq
+# write/read run once per variant, in the second block. tmpfs and passthrough_ll
+# are measured first, one after the other (metadata: median of rounds inside
+# mdbench).
 #
 # trace-mem: rawfs is mounted with `--trace-capacity 200000`, a file is stat'ed
 # 1000 times (warm-up), the daemon's VmRSS is read (pid from its pid file in the
@@ -753,31 +757,54 @@ bench_variants() {
         write_rules
         log "wrote $RULES_JSON (100 rules)"
     fi
-    for v in "${VARIANTS[@]}"; do
-        variant_args "$v"
-        log "mount $v: $RAWFS mount $WORK/$v --daemon $RAWFS_ARGS_EFF ${VARGS[*]}"
-        mount_rawfs "$WORK/$v" "${VARGS[@]}"
-    done
-    for v in "${VARIANTS[@]}"; do
-        layout_randread "$WORK/$v/randread.dat"
-    done
-    log "metadata: $MDV_ROUNDS interleaved rounds of $VFILES files on ${VARIANTS[*]}"
-    for (( r = 1; r <= MDV_ROUNDS; r++ )); do
-        round_order "$r"
-        for v in "${order[@]}"; do
-            out=$(run_md "$v" "$WORK/$v" 1 "$VFILES")
-            while read -r k x; do
-                rv_add "$v.$k" "$x"
-            done <<<"$out"
+    # Two blocks, each with half of the rounds, mounted in opposite orders: the daemon mounted
+    # first was seen to run a few % slower than the ones mounted after it, which would
+    # otherwise favour whichever variant comes later in the list.
+    local block i mount_order md_from md_to rr_from rr_to
+    for block in 1 2; do
+        mount_order=()
+        for (( i = 0; i < ${#VARIANTS[@]}; i++ )); do
+            if (( block == 1 )); then
+                mount_order+=("${VARIANTS[$i]}")
+            else
+                mount_order+=("${VARIANTS[${#VARIANTS[@]} - 1 - i]}")
+            fi
         done
-    done
-    for (( r = 1; r <= VROUNDS; r++ )); do
-        round_order "$r"
-        log "round $r/$VROUNDS: 4k randread (${RUNTIME} s) on ${order[*]}"
-        for v in "${order[@]}"; do
-            x=$(run_randread "$WORK/$v")
-            rv_add "$v.randread" "$x"
+        for v in "${mount_order[@]}"; do
+            variant_args "$v"
+            log "block $block: mount $v: $RAWFS mount $WORK/$v --daemon $RAWFS_ARGS_EFF ${VARGS[*]}"
+            mount_rawfs "$WORK/$v" "${VARGS[@]}"
         done
+        for v in "${VARIANTS[@]}"; do
+            layout_randread "$WORK/$v/randread.dat"
+        done
+        if (( block == 1 )); then
+            md_from=1 md_to=$(( (MDV_ROUNDS + 1) / 2 )) rr_from=1 rr_to=$(( (VROUNDS + 1) / 2 ))
+        else
+            md_from=$(( md_to + 1 )) md_to=$MDV_ROUNDS rr_from=$(( rr_to + 1 )) rr_to=$VROUNDS
+        fi
+        log "block $block: metadata rounds $md_from-$md_to of $MDV_ROUNDS ($VFILES files) on ${VARIANTS[*]}"
+        for (( r = md_from; r <= md_to; r++ )); do
+            round_order "$r"
+            for v in "${order[@]}"; do
+                out=$(run_md "$v" "$WORK/$v" 1 "$VFILES")
+                while read -r k x; do
+                    rv_add "$v.$k" "$x"
+                done <<<"$out"
+            done
+        done
+        for (( r = rr_from; r <= rr_to; r++ )); do
+            round_order "$r"
+            log "round $r/$VROUNDS: 4k randread (${RUNTIME} s) on ${order[*]}"
+            for v in "${order[@]}"; do
+                x=$(run_randread "$WORK/$v")
+                rv_add "$v.randread" "$x"
+            done
+        done
+        for v in "${VARIANTS[@]}"; do
+            rm -f "$WORK/$v/randread.dat"
+        done
+        if (( block == 1 )); then unmount_all; fi
     done
     for v in "${VARIANTS[@]}"; do
         for k in "${ROUND_METRICS[@]}"; do
@@ -785,7 +812,6 @@ bench_variants() {
             R[$v.$k]=$(median "${RV[$v.$k]}")
             if [[ $k == randread ]]; then R[$v.$k]=$(awk -v x="${R[$v.$k]}" 'BEGIN { printf "%.0f", x }'); fi
         done
-        rm -f "$WORK/$v/randread.dat"
     done
     for v in "${VARIANTS[@]}"; do
         bench_seq "$v" "$WORK/$v"
@@ -956,7 +982,7 @@ NCPU="$(nproc)"
             fi
             printf '\n'
         done
-        echo "  rawfs variants mounted side by side, order alternating: create/stat/unlink: median of $MDV_ROUNDS interleaved round(s) of $VFILES files; 4k randread: median of $VROUNDS interleaved round(s); seq write/read: one run each"
+        echo "  rawfs variants mounted side by side, in two blocks of half the rounds mounted in opposite orders, run order alternating: create/stat/unlink: median of $MDV_ROUNDS interleaved round(s) of $VFILES files; 4k randread: median of $VROUNDS interleaved round(s); seq write/read: one run each"
     fi
     if (( DO_TMPFS || DO_PT || ${#VARIANTS[@]} )); then
         echo
