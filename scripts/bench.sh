@@ -36,12 +36,12 @@
 # median over the rounds is reported. Many short metadata rounds, because one
 # round's figure varies by 20-40% on a small virtual machine: two identical
 # mounts measured this way over 100 rounds of 1000 files agree within about 3%.
-# The rounds run in two blocks, half each, with the variants unmounted and
-# mounted again in the opposite order between them: the daemon mounted first
-# ran a few % slower than later ones, whatever it recorded. The 1M seq
-# write/read run once per variant, in the second block. tmpfs and passthrough_ll
-# are measured first, one after the other (metadata: median of rounds inside
-# mdbench).
+# The rounds run in blocks, one per variant (at least two), with the variants
+# unmounted and mounted again between blocks in a rotated order, so that each
+# is mounted first once: the daemon mounted first ran a few % slower than later
+# ones, whatever it recorded. The 1M seq write/read run once per variant, in
+# the last block. tmpfs and passthrough_ll are measured first, one after the
+# other (metadata: median of rounds inside mdbench).
 #
 # trace-mem: rawfs is mounted with `--trace-capacity 200000`, a file is stat'ed
 # 1000 times (warm-up), the daemon's VmRSS is read (pid from its pid file in the
@@ -757,18 +757,16 @@ bench_variants() {
         write_rules
         log "wrote $RULES_JSON (100 rules)"
     fi
-    # Two blocks, each with half of the rounds, mounted in opposite orders: the daemon mounted
-    # first was seen to run a few % slower than the ones mounted after it, which would
-    # otherwise favour whichever variant comes later in the list.
-    local block i mount_order md_from md_to rr_from rr_to
-    for block in 1 2; do
+    # The rounds run in blocks, one per variant (at least two), each mounting the variants
+    # in a rotated order so that every variant is mounted first once: the daemon mounted
+    # first was seen to run a few % slower than the ones mounted after it.
+    local block i nb mount_order md_from md_to rr_from rr_to
+    nb=$(( ${#VARIANTS[@]} > 2 ? ${#VARIANTS[@]} : 2 ))
+    md_to=0 rr_to=0
+    for (( block = 1; block <= nb; block++ )); do
         mount_order=()
         for (( i = 0; i < ${#VARIANTS[@]}; i++ )); do
-            if (( block == 1 )); then
-                mount_order+=("${VARIANTS[$i]}")
-            else
-                mount_order+=("${VARIANTS[${#VARIANTS[@]} - 1 - i]}")
-            fi
+            mount_order+=("${VARIANTS[(i + block - 1) % ${#VARIANTS[@]}]}")
         done
         for v in "${mount_order[@]}"; do
             variant_args "$v"
@@ -778,11 +776,8 @@ bench_variants() {
         for v in "${VARIANTS[@]}"; do
             layout_randread "$WORK/$v/randread.dat"
         done
-        if (( block == 1 )); then
-            md_from=1 md_to=$(( (MDV_ROUNDS + 1) / 2 )) rr_from=1 rr_to=$(( (VROUNDS + 1) / 2 ))
-        else
-            md_from=$(( md_to + 1 )) md_to=$MDV_ROUNDS rr_from=$(( rr_to + 1 )) rr_to=$VROUNDS
-        fi
+        md_from=$(( md_to + 1 )) md_to=$(( MDV_ROUNDS * block / nb ))
+        rr_from=$(( rr_to + 1 )) rr_to=$(( VROUNDS * block / nb ))
         log "block $block: metadata rounds $md_from-$md_to of $MDV_ROUNDS ($VFILES files) on ${VARIANTS[*]}"
         for (( r = md_from; r <= md_to; r++ )); do
             round_order "$r"
@@ -804,7 +799,7 @@ bench_variants() {
         for v in "${VARIANTS[@]}"; do
             rm -f "$WORK/$v/randread.dat"
         done
-        if (( block == 1 )); then unmount_all; fi
+        if (( block < nb )); then unmount_all; fi
     done
     for v in "${VARIANTS[@]}"; do
         for k in "${ROUND_METRICS[@]}"; do
@@ -982,7 +977,7 @@ NCPU="$(nproc)"
             fi
             printf '\n'
         done
-        echo "  rawfs variants mounted side by side, in two blocks of half the rounds mounted in opposite orders, run order alternating: create/stat/unlink: median of $MDV_ROUNDS interleaved round(s) of $VFILES files; 4k randread: median of $VROUNDS interleaved round(s); seq write/read: one run each"
+        echo "  rawfs variants mounted side by side, rounds split into blocks with the mount order rotated (each variant mounted first once), run order alternating: create/stat/unlink: median of $MDV_ROUNDS interleaved round(s) of $VFILES files; 4k randread: median of $VROUNDS interleaved round(s); seq write/read: one run each"
     fi
     if (( DO_TMPFS || DO_PT || ${#VARIANTS[@]} )); then
         echo
