@@ -3,10 +3,11 @@
 //!
 //! Every request passes through `call`, the single place where a request is numbered and
 //! recorded in the trace and where a panic in the tree becomes EIO plus a log line instead of
-//! a dead session thread and a hung mount. Each handler says three things: what the request
-//! is (`describe`: the event's fields), what to do (`run`: one call on the tree), and what
-//! came of it (`outcome`: the event's result fields). The tree never sees fuser types and
-//! this file never formats a trace.
+//! a dead session thread and a hung mount. Each handler says four things: what the request
+//! is (`describe`: the event's fields), what to do (`run`: one call on the tree), what came
+//! of it (`outcome`: the event's result fields) and how to answer the kernel (`answer`: the
+//! reply, sent before the event is handed to the recorder). The tree never sees fuser types
+//! and this file never formats a trace.
 
 use std::ffi::OsStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -221,7 +222,7 @@ impl RawFs {
 
     /// One request through the pipeline: number and describe it, let the fault rules decide,
     /// run it on the tree (a panic becomes EIO and an error log line naming the operation),
-    /// record what came of it. `run` gets the rule that fired, for actions that change the
+    /// answer the kernel, then record what came of it. `run` gets the rule that fired, for actions that change the
     /// operation itself (short reads, corruption, a competitor's create...).
     fn call_with<T>(
         &self,
