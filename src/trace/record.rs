@@ -87,14 +87,17 @@ const SET: u32 = 1 << 8;
 
 /// The fixed part of a record and its numbers, written on the stack and then appended in one
 /// copy: the longest is the header, 6 + 17 numbers of up to 10 bytes, 2 bit words and the op.
-struct Head {
-    bytes: [u8; HEAD_MAX],
+struct Head<const N: usize> {
+    bytes: [u8; N],
     len: usize,
 }
 
-const HEAD_MAX: usize = HEADER + 23 * 10 + 2 * 5 + 1;
+const HEAD_MAX: usize = HEADER + 23 * VARINT_MAX + 2 * 5 + 1;
 
-impl Head {
+/// Bytes of the longest varint, a u64's.
+const VARINT_MAX: usize = 10;
+
+impl<const N: usize> Head<N> {
     fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.bytes[self.len] = v as u8 | 0x80;
@@ -106,9 +109,11 @@ impl Head {
     }
 }
 
+/// Appends `v` as a varint: 7 bits a byte, low bits first, the high bit set on all but the
+/// last byte.
 fn put_varint(out: &mut Vec<u8>, v: u64) {
     let mut h = Head {
-        bytes: [0; HEAD_MAX],
+        bytes: [0; VARINT_MAX],
         len: 0,
     };
     h.varint(v);
