@@ -56,8 +56,8 @@ impl<const N: usize> Text<N> {
     /// The text.
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            // Always valid (see `Repr::Inline`); checked anyway rather than trusted, as
-            // reading a path is never on a request's path.
+            // Always valid (see `Repr::Inline`); checked anyway rather than trusted. The
+            // check is short, and the recorder takes `as_bytes` instead.
             Repr::Inline { len, bytes } => {
                 std::str::from_utf8(&bytes[..*len as usize]).unwrap_or_default()
             }

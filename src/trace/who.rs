@@ -77,7 +77,6 @@ impl WhoCache {
                 comm: Comm::default(),
             };
         }
-        let shard = &self.shards[tid as usize % SHARDS];
         let ttl = self.ttl();
         // Taken before reading /proc: an exec during the read makes the entry stale.
         let generation = self.watch.map_or(0, |w| {
@@ -110,6 +109,7 @@ impl WhoCache {
             })
         };
         let epoch = self.watch.map_or((0, 0), |w| w.epoch(tid));
+        let shard = &self.shards[tid as usize % SHARDS];
         {
             let map = shard.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(e) = map.get(&tid) {
