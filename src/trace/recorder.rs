@@ -620,17 +620,22 @@ impl Recorder {
     }
 
     /// Ends the request's duration now, if it was not ended before.
+    ///
+    /// This also notes who opened the handle the request returned, and credits a request the
+    /// kernel sends on its own to the opener: call it before the kernel gets the answer, as
+    /// the kernel may send the next request on the handle (a release after a create) as soon
+    /// as it has it.
     pub fn stop(&self, p: &mut Pending) {
         if let Some((start, tick)) = p.start.take() {
             p.event.dur_ns = self.ticks.since(start, tick);
+            self.credit_opener(&mut p.event, p.errno.is_none());
         }
     }
 
-    /// Completes an event and hands it to the collector. Its duration ends here unless
-    /// [`Recorder::stop`] ended it before.
+    /// Completes an event and hands it to the collector. It is stopped here unless
+    /// [`Recorder::stop`] stopped it before.
     pub fn finish(&self, p: &mut Pending) {
         self.stop(p);
-        self.credit_opener(&mut p.event, p.errno.is_none());
         let lane = &self.lanes.lanes[lane_index()];
         let mut q = lane.lock();
         if q.count >= LANE_CAPACITY {
@@ -854,6 +859,28 @@ mod tests {
         seqs.dedup();
         assert_eq!(seqs.len() as u64, counts.recorded);
         assert!(seqs.iter().all(|s| (1..=n).contains(s)));
+    }
+
+    #[test]
+    fn a_release_stopped_before_the_create_is_handed_over_is_still_credited_to_the_opener() {
+        // The kernel may send the release as soon as it has the create's answer, which goes
+        // out after `stop` and before `finish`.
+        let rec = recorder(100, Overflow::Wait);
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        let mut create = rec.begin(Op::Create, tid, 0, 0);
+        create.event.out_fh = Some(5);
+        rec.stop(&mut create);
+        let mut release = rec.begin(Op::Release, 0, 0, 0);
+        release.event.fh = Some(5);
+        rec.stop(&mut release);
+        assert_eq!(release.event.pid, std::process::id());
+        assert_eq!(release.event.comm, create.event.comm);
+        rec.finish(&mut release);
+        rec.finish(&mut create);
+        assert!(rec.store().sync(Duration::from_secs(10)));
+        let (events, _) = rec.store().since(0);
+        assert_eq!(events.len(), 2);
     }
 
     #[test]
