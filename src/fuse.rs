@@ -222,8 +222,9 @@ impl RawFs {
 
     /// One request through the pipeline: number and describe it, let the fault rules decide,
     /// run it on the tree (a panic becomes EIO and an error log line naming the operation),
-    /// answer the kernel, then record what came of it. `run` gets the rule that fired, for actions that change the
-    /// operation itself (short reads, corruption, a competitor's create...).
+    /// answer the kernel, then record what came of it. `run` gets the rule that fired, for
+    /// actions that change the operation itself (short reads, corruption, a competitor's
+    /// create...).
     fn call_with<T>(
         &self,
         req: &Request,
