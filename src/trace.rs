@@ -2,6 +2,7 @@
 //! ([`recorder`]), kept in a bounded buffer, optionally streamed to a file, and printed as
 //! JSON Lines, strace-like text or Chrome trace-event JSON ([`mod@format`]).
 
+pub mod clock;
 pub mod event;
 pub mod exec_watch;
 pub mod filter;
@@ -9,7 +10,6 @@ pub mod flags;
 pub mod format;
 pub mod record;
 pub mod recorder;
-pub mod ticks;
 pub mod who;
 
 pub use event::{Event, FORMAT_VERSION, Header, Op};

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use log::error;
 use rustc_hash::FxHashMap;
 
+use super::clock::Clock;
 use super::event::{Event, FORMAT_VERSION, Header, Op};
 use super::format;
 use super::record;
-use super::ticks::Ticks;
 use super::who::{Who, WhoCache};
 use crate::Errno;
 
@@ -415,8 +415,7 @@ fn readable(r: &[u8]) -> Option<Event> {
 /// Numbers, fills and hands over events; owned by the FUSE adapter.
 #[derive(Debug)]
 pub struct Recorder {
-    epoch: Instant,
-    ticks: Arc<Ticks>,
+    clock: Arc<Clock>,
     who: WhoCache,
     lanes: Arc<Lanes>,
     overflow: Overflow,
@@ -503,9 +502,9 @@ pub struct Pending {
     /// The error the request failed with, recorded as the event's `errno` (kept as a number
     /// until the event is read).
     pub errno: Option<Errno>,
-    /// When the request began (and the tick counter then), until [`Recorder::stop`] turns
-    /// it into the duration.
-    start: Option<(Instant, u64)>,
+    /// When the request began, on the recorder's clock, until [`Recorder::stop`] turns it
+    /// into the duration.
+    start: Option<u64>,
 }
 
 impl Pending {
@@ -524,9 +523,15 @@ impl Recorder {
     /// Starts recording with `config` for a mount on `mountpoint`. Fails only if the trace
     /// file cannot be created.
     pub fn start(config: &TraceConfig, mountpoint: &Path) -> io::Result<Recorder> {
+        let clock = Arc::new(Clock::start());
+        if clock.uses_counter() {
+            log::info!("request times from the time-stamp counter");
+        }
+        // The wall-clock time at which the clock read 0.
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .saturating_sub(clock.epoch().elapsed());
         let store = Arc::new(Store::new(config.capacity.max(1), started.as_nanos()));
         let mut file = match &config.file {
             Some(p) => Some(BufWriter::new(File::create(p).map_err(|e| {
@@ -551,18 +556,13 @@ impl Recorder {
             lanes: (0..LANES).map(|_| Lane::default()).collect(),
             closing: AtomicBool::new(false),
         });
-        let ticks = Arc::new(Ticks::detect());
-        if ticks.uses_counter() {
-            log::info!("request durations from the time-stamp counter");
-        }
         let (collector_lanes, collector_store) = (lanes.clone(), store.clone());
-        let collector_ticks = ticks.clone();
+        let collector_clock = clock.clone();
         let collector = std::thread::Builder::new()
             .name("rawfs-trace".into())
-            .spawn(move || collect(&collector_lanes, &collector_store, &collector_ticks, file))?;
+            .spawn(move || collect(&collector_lanes, &collector_store, &collector_clock, file))?;
         Ok(Recorder {
-            epoch: Instant::now(),
-            ticks,
+            clock,
             who: WhoCache::default(),
             lanes,
             overflow: config.overflow,
@@ -602,20 +602,19 @@ impl Recorder {
         uid: u32,
         gid: u32,
     ) -> &'a mut Pending {
-        let start = Instant::now();
-        let tick = self.ticks.now();
+        let start = self.clock.now();
         let seq = self.store.numbered.fetch_add(1, Ordering::AcqRel) + 1;
         self.lanes.lanes[lane_index()].prefetch();
         let p = slot.insert(Pending {
             event: Event::default(),
             errno: None,
-            start: Some((start, tick)),
+            start: Some(start),
         });
         let e = &mut p.event;
         let who = self.who.lookup_at(tid, start);
         (e.seq, e.tid, e.pid, e.comm, e.uid, e.gid, e.op) =
             (seq, tid, who.pid, who.comm, uid, gid, op);
-        e.ts_ns = start.duration_since(self.epoch).as_nanos() as u64;
+        e.ts_ns = start;
         p
     }
 
@@ -626,8 +625,8 @@ impl Recorder {
     /// the kernel may send the next request on the handle (a release after a create) as soon
     /// as it has it.
     pub fn stop(&self, p: &mut Pending) {
-        if let Some((start, tick)) = p.start.take() {
-            p.event.dur_ns = self.ticks.since(start, tick);
+        if let Some(start) = p.start.take() {
+            p.event.dur_ns = self.clock.now().saturating_sub(start);
             self.credit_opener(&mut p.event, p.errno.is_none());
         }
     }
@@ -720,7 +719,7 @@ impl Drop for Recorder {
 
 /// The collector polls the lanes instead of being woken per event, so that a request never
 /// pays for a wake-up (a context switch on the request path).
-fn collect(lanes: &Lanes, store: &Store, ticks: &Ticks, mut file: Option<BufWriter<File>>) {
+fn collect(lanes: &Lanes, store: &Store, clock: &Clock, mut file: Option<BufWriter<File>>) {
     const MIN_POLL: Duration = Duration::from_millis(5);
     const MAX_POLL: Duration = Duration::from_millis(50);
     // What was taken from each lane; swapped back in next time, so both stay allocated.
@@ -728,7 +727,7 @@ fn collect(lanes: &Lanes, store: &Store, ticks: &Ticks, mut file: Option<BufWrit
     let mut sorted = LaneBuf::default();
     let mut poll = MIN_POLL;
     loop {
-        ticks.refine();
+        clock.refine();
         let closing = lanes.closing.load(Ordering::Acquire);
         let mut any = false;
         let mut backlog = false;

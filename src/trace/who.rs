@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
@@ -37,7 +38,8 @@ pub struct Who {
 #[derive(Debug)]
 struct Entry {
     who: Who,
-    fetched: Instant,
+    /// When it was read from /proc, on the caller's clock.
+    fetched: u64,
     epoch: (u64, u64),
 }
 
@@ -60,17 +62,22 @@ impl Default for WhoCache {
 }
 
 impl WhoCache {
-    fn ttl(&self) -> Duration {
-        if self.watch.is_some() { TTL } else { SHORT_TTL }
+    /// How long an entry is trusted, in nanoseconds.
+    fn ttl(&self) -> u64 {
+        let ttl = if self.watch.is_some() { TTL } else { SHORT_TTL };
+        ttl.as_nanos() as u64
     }
 
     /// The process of thread `tid` (0 means the kernel itself: no process).
     pub fn lookup(&self, tid: u32) -> Who {
-        self.lookup_at(tid, Instant::now())
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        let epoch = EPOCH.get_or_init(Instant::now);
+        self.lookup_at(tid, epoch.elapsed().as_nanos() as u64)
     }
 
-    /// [`WhoCache::lookup`], with the time of the request (read once by the caller).
-    pub fn lookup_at(&self, tid: u32, now: Instant) -> Who {
+    /// [`WhoCache::lookup`], with the time of the request in nanoseconds, read once by the
+    /// caller from a monotonic clock; a cache must always be given times from the same clock.
+    pub fn lookup_at(&self, tid: u32, now: u64) -> Who {
         if tid == 0 {
             return Who {
                 pid: 0,
@@ -88,7 +95,7 @@ impl WhoCache {
         let last = LAST.with(|l| match &*l.borrow() {
             Some(m)
                 if (m.cache, m.tid, m.generation) == (id, tid, generation)
-                    && now.duration_since(m.fetched) < ttl =>
+                    && now.saturating_sub(m.fetched) < ttl =>
             {
                 Some(m.who.clone())
             }
@@ -97,7 +104,7 @@ impl WhoCache {
         if let Some(who) = last {
             return who;
         }
-        let remember = |who: &Who, fetched: Instant| {
+        let remember = |who: &Who, fetched: u64| {
             LAST.with(|l| {
                 *l.borrow_mut() = Some(Memo {
                     cache: id,
@@ -113,7 +120,7 @@ impl WhoCache {
         {
             let map = shard.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(e) = map.get(&tid) {
-                if now.duration_since(e.fetched) < ttl && e.epoch == epoch {
+                if now.saturating_sub(e.fetched) < ttl && e.epoch == epoch {
                     remember(&e.who, e.fetched);
                     return e.who.clone();
                 }
@@ -125,7 +132,7 @@ impl WhoCache {
         });
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= SWEEP_AT {
-            map.retain(|_, e| now.duration_since(e.fetched) < ttl);
+            map.retain(|_, e| now.saturating_sub(e.fetched) < ttl);
         }
         map.insert(
             tid,
@@ -146,7 +153,7 @@ struct Memo {
     cache: usize,
     tid: u32,
     generation: u64,
-    fetched: Instant,
+    fetched: u64,
     who: Who,
 }
 
