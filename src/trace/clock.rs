@@ -4,19 +4,22 @@
 //! A read of CLOCK_MONOTONIC costs 25 to 50 ns in a virtual machine, a read of the CPU's
 //! time-stamp counter about 10. The counter is used when the kernel itself keeps time with it
 //! (clocksource `tsc`) and the CPU says it runs at a constant rate that does not stop in sleep
-//! states. Its rate is measured against the monotonic clock for 2 ms when the clock starts,
-//! and measured again, over the whole time since, every time the collector calls
-//! [`Clock::refine`]. A new measurement never makes the clock jump: it takes over from the
-//! reading the old rate gives at that moment, and any difference from the monotonic clock
-//! is absorbed over the following [`SLEW`], at most [`MAX_SLEW`] faster or slower. Anywhere
-//! else the clock is read from CLOCK_MONOTONIC.
+//! states. Its rate is measured against the monotonic clock for 2 ms when the first clock of
+//! the process starts (later ones start from that rate), and measured again, over the whole
+//! time since the clock started, every time the collector calls [`Clock::refine`]. A new
+//! measurement never makes the clock jump: it takes over from the reading the old rate gives
+//! at that moment, and any difference from the monotonic clock is absorbed gradually, with a
+//! time constant of [`SLEW`], running at most [`MAX_SLEW`] faster or slower. Anywhere else
+//! the clock is read from CLOCK_MONOTONIC.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
-/// How long a difference between the counter's time and the monotonic clock takes to be
-/// absorbed.
-pub const SLEW: Duration = Duration::from_millis(10);
+/// The time constant in which a difference between the counter's time and the monotonic
+/// clock is absorbed: a refinement steers the clock by the difference over this long, so
+/// that the next one (a few to a few tens of milliseconds later) never overshoots.
+pub const SLEW: Duration = Duration::from_secs(1);
 /// The largest share by which the clock runs faster or slower than the measured rate while
 /// absorbing a difference.
 pub const MAX_SLEW: f64 = 1e-3;
@@ -55,6 +58,26 @@ fn read_counter() -> u64 {
         0
     }
 }
+
+/// The counter's rate in nanoseconds per tick if it may keep time on this machine, measured
+/// once for the process.
+fn calibration() -> Option<f64> {
+    static RATE: OnceLock<Option<f64>> = OnceLock::new();
+    *RATE.get_or_init(|| counter_is_trusted().then(measure_rate))
+}
+
+/// Nanoseconds per tick, over [`MEASURE`] of the monotonic clock.
+fn measure_rate() -> f64 {
+    let (t0, c0) = (Instant::now(), read_counter());
+    while t0.elapsed() < MEASURE {
+        std::hint::spin_loop();
+    }
+    let (ns, ticks) = (t0.elapsed().as_nanos(), read_counter().saturating_sub(c0));
+    ns as f64 / ticks.max(1) as f64
+}
+
+/// How long the rate is measured at first; a clock is refined only once it has run as long.
+const MEASURE: Duration = Duration::from_millis(2);
 
 /// Whether the counter may keep time on this machine.
 fn counter_is_trusted() -> bool {
@@ -105,37 +128,29 @@ impl Counter {
 }
 
 impl Clock {
-    /// A clock reading 0 now, from the counter if this machine's kernel and CPU allow it
-    /// (its rate is then measured for 2 ms).
+    /// A clock reading 0 now, from the counter if this machine's kernel and CPU allow it.
     pub fn start() -> Clock {
-        Self::with_counter(counter_is_trusted())
+        Self::from_rate(calibration())
     }
 
     /// Like [`Clock::start`], with the choice made by the caller.
     pub fn with_counter(use_counter: bool) -> Clock {
+        Self::from_rate(use_counter.then(|| calibration().unwrap_or_else(measure_rate)))
+    }
+
+    /// A clock from the counter at `rate` nanoseconds per tick, or from the monotonic clock.
+    fn from_rate(rate: Option<f64>) -> Clock {
         let (epoch, origin) = (Instant::now(), read_counter());
-        let clock = Clock {
+        Clock {
             epoch,
-            counter: use_counter.then(|| Counter {
+            counter: rate.map(|rate| Counter {
                 origin,
                 version: AtomicU64::new(0),
                 base_tick: AtomicU64::new(origin),
                 base_ns: AtomicU64::new(0),
-                scale: AtomicU64::new(0),
+                scale: AtomicU64::new(rate.to_bits()),
             }),
-        };
-        if let Some(c) = &clock.counter {
-            while epoch.elapsed() < Duration::from_millis(2) {
-                std::hint::spin_loop();
-            }
-            let (ns, tick) = (epoch.elapsed().as_nanos() as u64, read_counter());
-            c.publish(
-                tick,
-                ns,
-                ns as f64 / tick.saturating_sub(origin).max(1) as f64,
-            );
         }
-        clock
     }
 
     /// Whether the clock is read from the counter.
@@ -164,7 +179,8 @@ impl Clock {
         let Some(c) = &self.counter else { return };
         let (ns, tick) = (self.epoch.elapsed().as_nanos() as u64, read_counter());
         let ticks = tick.saturating_sub(c.origin);
-        if ticks == 0 || ns == 0 {
+        if ticks == 0 || ns < MEASURE.as_nanos() as u64 {
+            // Too short to improve on the rate the clock started with.
             return;
         }
         let rate = ns as f64 / ticks as f64;
