@@ -1078,6 +1078,17 @@ impl FsDriver {
         let mut out = BTreeMap::new();
         let mut todo = vec![(".".to_string(), ROOT)];
         while let Some((path, ino)) = todo.pop() {
+            // The path the trace gives a node must lead back to it.
+            let traced = self.fs.path(ino).expect("a reachable node has a path");
+            let back = match traced.trim_start_matches('/') {
+                "" => Ok(ROOT),
+                rel => self.resolve(rel),
+            };
+            assert_eq!(
+                back,
+                Ok(ino),
+                "Fs::path({ino}) is {traced:?}; it is reached as {path}"
+            );
             let a = self.fs.getattr(ino).expect("getattr of a reachable node");
             let st = fs_stat(&a);
             let data = if a.kind == Kind::Dir {
