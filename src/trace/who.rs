@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::sync::Mutex;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
@@ -48,6 +49,9 @@ struct Entry {
 pub struct WhoCache {
     shards: Vec<Mutex<FxHashMap<u32, Entry>>>,
     watch: Option<&'static ExecWatch>,
+    /// Unique in the process: a thread's memo belongs to one cache, and its times to that
+    /// cache's clock (a later cache may get the same address and a clock that starts at 0).
+    id: u64,
 }
 
 impl Default for WhoCache {
@@ -57,6 +61,10 @@ impl Default for WhoCache {
                 .map(|_| Mutex::new(FxHashMap::default()))
                 .collect(),
             watch: exec_watch::watch(),
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
         }
     }
 }
@@ -90,7 +98,7 @@ impl WhoCache {
             w.catch_up();
             w.generation()
         });
-        let id = self as *const WhoCache as usize;
+        let id = self.id;
         // The last caller this thread served, if no thread has exec'd or exited since.
         let last = LAST.with(|l| match &*l.borrow() {
             Some(m)
@@ -150,7 +158,7 @@ impl WhoCache {
 /// The last caller a session thread looked up: one thread mostly serves one caller at a
 /// time, and this answers without a lock while no thread anywhere has exec'd or exited.
 struct Memo {
-    cache: usize,
+    cache: u64,
     tid: u32,
     generation: u64,
     fetched: u64,
