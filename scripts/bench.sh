@@ -55,8 +55,14 @@
 # Output: a table with absolute figures, then a table of ratios: recording on
 # vs off (rawfs/rawfs-notrace, the difference in %, and the range of that ratio
 # over the rounds), 100 rules vs none (rawfs-100rules/rawfs, and its range),
-# rawfs/tmpfs, rawfs/passthrough_ll and passthrough_ll/tmpfs; then the trace
-# memory figures. Every figure (per-round values too) plus the run
+# rawfs/tmpfs, rawfs/passthrough_ll and passthrough_ll/tmpfs; then each rawfs
+# variant's daemon CPU time per request served over its interleaved rounds
+# (user and system time of all its threads from /proc/PID/stat, in clock ticks,
+# and the request count of `rawfs status`; the seq write/read runs are left
+# out), with the difference recording makes; then the trace memory figures.
+# The CPU time is steadier than throughput on a noisy machine, and on a small
+# one (the program and the daemon sharing two cores) throughput follows it.
+# Every figure (per-round values too) plus the run
 # configuration go to target/bench/results.json.
 #
 # Usage (as root: it mounts file systems):
@@ -750,9 +756,39 @@ round_order() { # r -> sets order
     done
 }
 
+# Daemon CPU time over the interleaved rounds: user and system clock ticks of all
+# its threads (/proc/PID/stat fields 14 and 15) and the requests it served.
+declare -A VCPU=() # VCPU[variant.utime|stime|requests]: sums over the blocks
+CLK_TCK=$(getconf CLK_TCK)
+cpu_sample() { # mnt -> "utime stime requests"
+    local pid stat st
+    pid=$(rawfs_pid "$1")
+    stat=$(<"/proc/$pid/stat")
+    read -r -a st <<<"${stat##*) }"
+    printf '%s %s %s' "${st[11]}" "${st[12]}" "$(jnum "$(status_json "$1")" requests)"
+}
+cpu_add() { # variant "u0 s0 r0" "u1 s1 r1"
+    local a b
+    read -r -a a <<<"$2"
+    read -r -a b <<<"$3"
+    VCPU[$1.utime]=$(( ${VCPU[$1.utime]:-0} + b[0] - a[0] ))
+    VCPU[$1.stime]=$(( ${VCPU[$1.stime]:-0} + b[1] - a[1] ))
+    VCPU[$1.requests]=$(( ${VCPU[$1.requests]:-0} + b[2] - a[2] ))
+}
+cpu_us_per_req() { # variant utime|stime|both -> microseconds per request, or empty
+    local t
+    case $2 in
+        both) t=$(( ${VCPU[$1.utime]:-0} + ${VCPU[$1.stime]:-0} )) ;;
+        *) t=${VCPU[$1.$2]:-0} ;;
+    esac
+    (( ${VCPU[$1.requests]:-0} > 0 )) || return 0
+    awk -v t="$t" -v hz="$CLK_TCK" -v n="${VCPU[$1.requests]}" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }'
+}
+
 declare -A VS=() # VS[variant.key]: status after the run (requests, recorded, rules, hits, matched)
 bench_variants() {
     local v r k x out order=() st
+    local -A cpu0=()
     if (( DO_V[rawfs-100rules] )); then
         write_rules
         log "wrote $RULES_JSON (100 rules)"
@@ -779,6 +815,9 @@ bench_variants() {
         md_from=$(( md_to + 1 )) md_to=$(( MDV_ROUNDS * block / nb ))
         rr_from=$(( rr_to + 1 )) rr_to=$(( VROUNDS * block / nb ))
         log "block $block: metadata rounds $md_from-$md_to of $MDV_ROUNDS ($VFILES files) on ${VARIANTS[*]}"
+        for v in "${VARIANTS[@]}"; do
+            cpu0[$v]=$(cpu_sample "$WORK/$v")
+        done
         for (( r = md_from; r <= md_to; r++ )); do
             round_order "$r"
             for v in "${order[@]}"; do
@@ -795,6 +834,9 @@ bench_variants() {
                 x=$(run_randread "$WORK/$v")
                 rv_add "$v.randread" "$x"
             done
+        done
+        for v in "${VARIANTS[@]}"; do
+            cpu_add "$v" "${cpu0[$v]}" "$(cpu_sample "$WORK/$v")"
         done
         for v in "${VARIANTS[@]}"; do
             rm -f "$WORK/$v/randread.dat"
@@ -1004,6 +1046,24 @@ NCPU="$(nproc)"
                 "$(or_dash "$(ratio "$on" "$a")")" "$(or_dash "$(ratio "$on" "$p")")" "$(or_dash "$(ratio "$p" "$a")")"
         done
     fi
+    if (( ${#VARIANTS[@]} )); then
+        echo
+        echo "daemon CPU over the interleaved rounds (all its threads, from /proc/PID/stat; per request served):"
+        printf '  %-15s %10s %13s %15s %14s\n' variant requests "user us/req" "system us/req" "total us/req"
+        for v in "${VARIANTS[@]}"; do
+            printf '  %-15s %10s %13s %15s %14s\n' "$v" "$(or_dash "${VCPU[$v.requests]:-}")" \
+                "$(or_dash "$(cpu_us_per_req "$v" utime)")" "$(or_dash "$(cpu_us_per_req "$v" stime)")" \
+                "$(or_dash "$(cpu_us_per_req "$v" both)")"
+        done
+        if (( DO_V[rawfs] && DO_V[rawfs-notrace] )); then
+            on=$(cpu_us_per_req rawfs both); off=$(cpu_us_per_req rawfs-notrace both)
+            uon=$(cpu_us_per_req rawfs utime); uoff=$(cpu_us_per_req rawfs-notrace utime)
+            printf '  recording on - off: user %s us/req, total %s us/req (%s)\n' \
+                "$(or_dash "$(awk -v a="$uon" -v b="$uoff" 'BEGIN { if (a != "" && b != "") printf "%+.2f", a - b }')")" \
+                "$(or_dash "$(awk -v a="$on" -v b="$off" 'BEGIN { if (a != "" && b != "") printf "%+.2f", a - b }')")" \
+                "$(or_dash "$(pct "$on" "$off")")"
+        fi
+    fi
     if (( DO_TRACEMEM )); then
         echo
         echo "trace memory: rawfs --trace-capacity $TM_CAPACITY, stat(MNT/mem/file) x $TM_STATS after $TM_WARMUP warm-up stats"
@@ -1091,6 +1151,13 @@ json_variant_cfg() { # variant
         "$(json_str "$RAWFS_ARGS_EFF${VARGS[*]:+ ${VARGS[*]}}")" \
         "$(json_num "${VS[$1.requests]:-}")" "$(json_num "${VS[$1.recorded]:-}")" "$(json_num "${VS[$1.rules]:-}")" \
         "$(json_num "${VS[$1.matched]:-}")" "$(json_num "${VS[$1.hits]:-}")"
+}
+json_daemon_cpu() { # variant
+    if (( ! DO_V[$1] )); then printf 'null'; return; fi
+    printf '{"requests": %s, "user_ticks": %s, "system_ticks": %s, "user_us_per_request": %s, "system_us_per_request": %s, "total_us_per_request": %s}' \
+        "$(json_num "${VCPU[$1.requests]:-}")" "$(json_num "${VCPU[$1.utime]:-}")" "$(json_num "${VCPU[$1.stime]:-}")" \
+        "$(json_num "$(cpu_us_per_req "$1" utime)")" "$(json_num "$(cpu_us_per_req "$1" stime)")" \
+        "$(json_num "$(cpu_us_per_req "$1" both)")"
 }
 json_trace_mem() {
     if (( ! DO_TRACEMEM )); then printf 'null'; return; fi
@@ -1182,6 +1249,8 @@ json_phases() {
     printf '    "diff_pct": %s,\n' "$(json_pct rawfs-100rules rawfs)"
     printf '    "round_ratios": %s\n' "$(json_round_ratios rawfs-100rules rawfs)"
     printf '  },\n'
+    printf '  "daemon_cpu": {"clock_ticks_per_s": %s, "rawfs": %s, "rawfs-notrace": %s, "rawfs-100rules": %s},\n' \
+        "$CLK_TCK" "$(json_daemon_cpu rawfs)" "$(json_daemon_cpu rawfs-notrace)" "$(json_daemon_cpu rawfs-100rules)"
     printf '  "trace_memory": %s\n' "$(json_trace_mem)"
     printf '}\n'
 } >"$RESULTS_JSON"
