@@ -29,9 +29,9 @@
 #                   selected, unless --no-trace-mem
 #
 # The rawfs variants are mounted side by side and measured interleaved, because
-# a small machine is noisy: first --md-rounds short metadata rounds (default 40,
+# a small machine is noisy: first --md-rounds short metadata rounds (default 200,
 # quick 10; each over a tenth of --files, at least 500 files), then --rounds
-# rounds (default 3) of the 4k randread run, each done on every variant in an
+# rounds (default 10, quick 3) of the 4k randread run, each done on every variant in an
 # order that alternates from round to round (A B C, C B A, A B C, ...); the
 # median over the rounds is reported. Many short metadata rounds, because one
 # round's figure varies by 20-40% on a small virtual machine: two identical
@@ -78,8 +78,8 @@
 # Further options:
 #   --files N               number of files for the metadata workloads (default 10000, quick 5000)
 #   --runtime SEC           seconds per fio workload (default 5, quick 3)
-#   --rounds N              interleaved 4k randread rounds for the rawfs variants (default 3)
-#   --md-rounds N           interleaved metadata rounds for the rawfs variants (default 40, quick 10)
+#   --rounds N              interleaved 4k randread rounds for the rawfs variants (default 10, quick 3)
+#   --md-rounds N           interleaved metadata rounds for the rawfs variants (default 200, quick 10)
 #   --no-trace-mem          skip the trace memory measurement
 #   --passthrough-opts STR  options for passthrough_ll instead of the automatic choice
 #                           (e.g. "-o cache=auto"); the default is explained in the
@@ -108,7 +108,7 @@ RAWFS_ARGS=""
 ONLY="tmpfs,passthrough,rawfs,rawfs-notrace,rawfs-100rules"
 NFILES=""
 RUNTIME=""
-VROUNDS=3
+VROUNDS=""
 MDV_ROUNDS=""
 NO_TRACE_MEM=0
 PT_OPTS_USER=""
@@ -167,7 +167,6 @@ if (( ${#VARIANTS[@]} || DO_TRACEMEM )); then DO_RAWFS=1; fi
 if (( DO_TMPFS + DO_PT + DO_RAWFS == 0 )); then
     echo "bench.sh: --only selects no target" >&2; exit 2
 fi
-[[ "$VROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds wants a positive integer" >&2; exit 2; }
 
 # The script sets --trace-capacity and --faults itself for some variants; rawfs
 # refuses an option given twice.
@@ -183,18 +182,19 @@ fi
 
 if (( QUICK )); then
     MODE=quick
-    : "${NFILES:=5000}" "${RUNTIME:=3}" "${MDV_ROUNDS:=10}"
+    : "${NFILES:=5000}" "${RUNTIME:=3}" "${MDV_ROUNDS:=10}" "${VROUNDS:=3}"
     MD_ROUNDS=1
     SEQ_SIZE_MIB=256
 else
     MODE=default
-    : "${NFILES:=10000}" "${RUNTIME:=5}" "${MDV_ROUNDS:=40}"
+    : "${NFILES:=10000}" "${RUNTIME:=5}" "${MDV_ROUNDS:=200}" "${VROUNDS:=10}"
     MD_ROUNDS=3
     SEQ_SIZE_MIB=1024
 fi
 RR_SIZE_MIB=64
 [[ "$NFILES" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --files wants a positive integer" >&2; exit 2; }
 [[ "$MDV_ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --md-rounds wants a positive integer" >&2; exit 2; }
+[[ "$VROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds wants a positive integer" >&2; exit 2; }
 VFILES=$(( NFILES / 10 > 500 ? NFILES / 10 : 500 ))
 [[ "$RUNTIME" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --runtime wants a positive integer" >&2; exit 2; }
 # Room for both fio files plus the metadata files and some slack.
