@@ -943,11 +943,19 @@ impl Fs {
     /// The path of `ino` inside the mount ("/" for the root), by its first name; `None` once
     /// it has no name left.
     pub fn path(&self, ino: u64) -> Option<PathText> {
+        // The root is always "/": no need to look at the tree (the kernel asks for the root's
+        // attributes before most path walks).
+        if ino == ROOT {
+            return Some(PathText::from_names(&[]));
+        }
         self.lock().path_of(ino, None)
     }
 
     /// The path `name` has (or would have) in directory `parent`.
     pub fn name_path(&self, parent: u64, name: &OsStr) -> Option<PathText> {
+        if parent == ROOT {
+            return Some(PathText::from_names(&[name]));
+        }
         self.lock().path_of(parent, Some(name))
     }
 
