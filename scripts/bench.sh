@@ -31,9 +31,10 @@
 # The rawfs variants are mounted side by side and measured interleaved, because
 # a small machine is noisy: first --md-rounds short metadata rounds (default 200,
 # quick 10; each over a tenth of --files, at least 500 files), then --rounds
-# rounds (default 10, quick 3) of the 4k randread run, each done on every variant in an
-# order that alternates from round to round (A B C, C B A, A B C, ...); the
-# median over the rounds is reported. Many short metadata rounds, because one
+# rounds (default 10, quick 3) of the 4k randread run, each done on every
+# variant in an order that changes from round to round so that every variant
+# runs in every place equally often (A B C, B C A, C A B, C B A, A C B, B A C);
+# the median over the rounds is reported. Many short metadata rounds, because one
 # round's figure varies by 20-40% on a small virtual machine: two identical
 # mounts measured this way over 100 rounds of 1000 files agree within about 3%.
 # The rounds run in blocks, one per variant (at least two), with the variants
@@ -748,12 +749,22 @@ settled_status() { # mnt
 
 # ---- rawfs variants, interleaved ----------------------------------------------
 # The variants in round r's order: as listed in odd rounds, reversed in even ones.
+# Round r starts at variant (r - 1) mod n and goes on in list order, and every
+# other cycle of n rounds is run backwards: A B C, B C A, C A B, C B A, A C B,
+# B A C, so every variant runs in every place of a round equally often.
+# (Alternating A B C with C B A kept B in the middle of every round.)
 round_order() { # r -> sets order
-    local i nv=${#VARIANTS[@]}
+    local i k=$(( $1 - 1 )) nv=${#VARIANTS[@]}
+    local rot=$(( k % nv )) back=$(( k / nv % 2 ))
     order=()
     for (( i = 0; i < nv; i++ )); do
-        if (( $1 % 2 )); then order+=("${VARIANTS[$i]}"); else order+=("${VARIANTS[nv - 1 - i]}"); fi
+        order+=("${VARIANTS[(rot + i) % nv]}")
     done
+    if (( back )); then
+        local rev=()
+        for (( i = nv - 1; i >= 0; i-- )); do rev+=("${order[$i]}"); done
+        order=("${rev[@]}")
+    fi
 }
 
 # Daemon CPU time over the interleaved rounds: user and system clock ticks of all
@@ -1019,7 +1030,7 @@ NCPU="$(nproc)"
             fi
             printf '\n'
         done
-        echo "  rawfs variants mounted side by side, rounds split into blocks with the mount order rotated (each variant mounted first once), run order alternating: create/stat/unlink: median of $MDV_ROUNDS interleaved round(s) of $VFILES files; 4k randread: median of $VROUNDS interleaved round(s); seq write/read: one run each"
+        echo "  rawfs variants mounted side by side, rounds split into blocks with the mount order rotated (each variant mounted first once), run order rotated (each variant in each place of a round equally often): create/stat/unlink: median of $MDV_ROUNDS interleaved round(s) of $VFILES files; 4k randread: median of $VROUNDS interleaved round(s); seq write/read: one run each"
     fi
     if (( DO_TMPFS || DO_PT || ${#VARIANTS[@]} )); then
         echo
