@@ -61,13 +61,17 @@ fn dump(events: &[Event]) -> String {
 }
 
 /// Every stored event, once one of them satisfies `pred` (waiting up to [`WAIT`] for the
-/// collector); panics with the trace if none does.
+/// collector), with every request numbered before it; panics with the trace if none does.
 fn wait_for(store: &Store, what: &str, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
     let deadline = Instant::now() + WAIT;
     loop {
         let (events, _) = store.since(0);
         if events.iter().any(&pred) {
-            return events;
+            // An event is stored after its request is answered: one numbered before the match
+            // (a write answered just before the flush and release that follow it) may still
+            // be on its way.
+            assert!(store.sync(WAIT), "requests not stored within {WAIT:?}");
+            return store.since(0).0;
         }
         if Instant::now() >= deadline {
             panic!(
