@@ -981,6 +981,10 @@ pct() { # a b -> (a/b - 1) in %, signed, or empty
     [[ -n "$1" && -n "$2" ]] || return 0
     awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%+.1f%%", (a / b - 1) * 100 }'
 }
+difference() { # a b -> a - b, signed, 2 decimals, or empty
+    [[ -n "$1" && -n "$2" ]] || return 0
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.2f", a - b }'
+}
 pct_num() { # a b -> (a/b - 1) * 100 as a JSON number, or empty
     [[ -n "$1" && -n "$2" ]] || return 0
     awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", (a / b - 1) * 100 }'
@@ -1070,8 +1074,8 @@ NCPU="$(nproc)"
             on=$(cpu_us_per_req rawfs both); off=$(cpu_us_per_req rawfs-notrace both)
             uon=$(cpu_us_per_req rawfs utime); uoff=$(cpu_us_per_req rawfs-notrace utime)
             printf '  recording on - off: user %s us/req, total %s us/req (%s)\n' \
-                "$(or_dash "$(awk -v a="$uon" -v b="$uoff" 'BEGIN { if (a != "" && b != "") printf "%+.2f", a - b }')")" \
-                "$(or_dash "$(awk -v a="$on" -v b="$off" 'BEGIN { if (a != "" && b != "") printf "%+.2f", a - b }')")" \
+                "$(or_dash "$(difference "$uon" "$uoff")")" \
+                "$(or_dash "$(difference "$on" "$off")")" \
                 "$(or_dash "$(pct "$on" "$off")")"
         fi
     fi
