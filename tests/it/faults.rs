@@ -325,7 +325,13 @@ print(os.getpid(), len(first), data.decode())
         .iter()
         .filter(|e| e.pid == std::process::id())
         .collect();
-    assert_eq!(mine.len(), 1);
+    assert_eq!(
+        mine.len(),
+        1,
+        "one read by this process ({}); trace:\n{}",
+        std::process::id(),
+        dump(&ev)
+    );
     assert!(mine[0].short && mine[0].returned == Some(1));
 
     // rawfs check points at this process's read, not at python's.
