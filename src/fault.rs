@@ -43,7 +43,7 @@ impl Range {
             if t.is_empty() {
                 return Ok(None);
             }
-            crate::cli::parse_size(t)
+            crate::units::parse_size(t)
                 .or_else(|e| if t == "0" { Ok(0) } else { Err(e) })
                 .map(Some)
         };

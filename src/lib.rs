@@ -19,6 +19,7 @@ pub mod mount;
 pub mod registry;
 pub mod text;
 pub mod trace;
+pub mod units;
 
 pub use errno::Errno;
 pub use harness::TempMount;
