@@ -504,6 +504,14 @@ fn umount(mountpoint: &Path, lazy: bool) -> ExitCode {
         while registry::process_alive(pid) && start.elapsed() < limit {
             std::thread::sleep(Duration::from_millis(10));
         }
+        // A daemon still finishing its trace file (a slow disk) is waited for, saying so:
+        // returning now would hand over a file that is still growing.
+        if !lazy && registry::process_alive(pid) && daemon_writes_trace(pid) {
+            eprintln!("rawfs: daemon {pid} is still writing its trace file; waiting");
+            while registry::process_alive(pid) && start.elapsed() < TRACE_WAIT {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         if registry::process_alive(pid) && lazy {
             eprintln!(
                 "rawfs: detached {shown}; daemon {pid} keeps serving the processes still \
@@ -512,8 +520,13 @@ fn umount(mountpoint: &Path, lazy: bool) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         if registry::process_alive(pid) {
+            let trace = if daemon_writes_trace(pid) {
+                "; its trace file may be incomplete"
+            } else {
+                ""
+            };
             return fail(format!(
-                "unmounted {shown}, but daemon {pid} has not exited"
+                "unmounted {shown}, but daemon {pid} has not exited{trace}"
             ));
         }
     }
@@ -521,6 +534,16 @@ fn umount(mountpoint: &Path, lazy: bool) -> ExitCode {
         e.remove();
     }
     ExitCode::SUCCESS
+}
+
+/// How long `rawfs umount` waits for a daemon finishing its trace file (the daemon itself
+/// gives up at 120 s).
+const TRACE_WAIT: Duration = Duration::from_secs(125);
+
+/// True if daemon `pid` was started with `--trace FILE`.
+fn daemon_writes_trace(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--trace"))
 }
 
 /// Where `rawfs run` prints the command's trace.

@@ -9,7 +9,8 @@
 //! streams `{"event":{...}}` lines and ends with `{"end":true,...}`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -143,6 +144,10 @@ pub struct Served {
 #[derive(Debug)]
 pub struct Server {
     path: PathBuf,
+    /// The socket file's inode, so that a file another daemon put at the path since is left.
+    inode: Option<u64>,
+    /// The listening socket, owned by the accept thread: shut down to wake its `accept`.
+    listener_fd: RawFd,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -160,6 +165,8 @@ impl Server {
         let listener = UnixListener::bind(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let inode = std::fs::symlink_metadata(&path).map(|m| m.ino()).ok();
+        let listener_fd = listener.as_raw_fd();
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
@@ -183,6 +190,8 @@ impl Server {
             })?;
         Ok(Server {
             path,
+            inode,
+            listener_fd,
             stop,
             thread: Some(thread),
         })
@@ -197,12 +206,19 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so that it sees the flag.
-        let _ = UnixStream::connect(&self.path);
+        // Wake the accept loop so that it sees the flag: shutting a listening socket down
+        // makes its accept fail at once. Not by connecting to the path, which may by now
+        // lead elsewhere (or nowhere), and the loop would wait forever.
+        // SAFETY: the accept thread owns the descriptor and has not closed it: it closes it
+        // only when the loop ends, which is joined below.
+        unsafe { libc::shutdown(self.listener_fd, libc::SHUT_RDWR) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        let ours = std::fs::symlink_metadata(&self.path).map(|m| m.ino()).ok();
+        if ours.is_some() && ours == self.inode {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -671,8 +671,29 @@ pub fn parse_rules(text: &str) -> Result<Vec<Rule>, String> {
     };
     list.into_iter()
         .enumerate()
-        .map(|(i, r)| serde_json::from_value(r).map_err(|e| format!("rule {}: {e}", i + 1)))
+        .map(|(i, r)| {
+            one_of_each(&r).map_err(|e| format!("rule {}: {e}", i + 1))?;
+            serde_json::from_value(r).map_err(|e| format!("rule {}: {e}", i + 1))
+        })
         .collect()
+}
+
+/// A rule's `action` and `when` each name one thing: two would be read as neither (serde
+/// only says "expected map with a single key"), so name them.
+fn one_of_each(rule: &serde_json::Value) -> Result<(), String> {
+    for key in ["action", "when"] {
+        if let Some(serde_json::Value::Object(m)) = rule.get(key) {
+            if m.len() > 1 {
+                let names: Vec<&str> = m.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "\"{key}\" names {} ({}): a rule takes one; make a rule for each",
+                    m.len(),
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -105,6 +105,21 @@ pub fn preflight(mountpoint: &Path) -> Result<(), MountError> {
         }
         Ok(_) => {}
     }
+    // A second mount stacked on the first would hide it: its daemon would keep serving a
+    // mount nobody can reach, and the runtime files would name only the second one.
+    if let Some((fstype, source)) = mounted_on(mountpoint) {
+        return Err(MountError(if source == "rawfs" {
+            format!(
+                "{shown} is already a rawfs mount; unmount it first (`rawfs umount {shown}`) \
+                 or choose another directory"
+            )
+        } else {
+            format!(
+                "{shown} is already a mount point ({fstype} from {source}); rawfs mounts only \
+                 on a plain directory"
+            )
+        }));
+    }
     let mut entries = std::fs::read_dir(mountpoint)
         .map_err(|e| MountError(format!("cannot read mount point {shown}: {e}")))?;
     if entries.next().is_some() {
@@ -146,6 +161,9 @@ pub struct Mounted {
 impl Mounted {
     /// Mounts a fresh, empty tree on `mountpoint` and returns once the mount answers.
     pub fn mount(mountpoint: &Path, config: &MountConfig) -> Result<Mounted, MountError> {
+        // Held until the mount is in place, so that a second mount started at the same time
+        // finds it in its checks.
+        let _setup = crate::registry::lock_mountpoint(mountpoint);
         preflight(mountpoint)?;
         let fs = Arc::new(Fs::new(FsOptions {
             size_limit: config.size,
@@ -317,6 +335,25 @@ impl Mounted {
             Ok(Err(e)) => warn!("session for {} ended with {e}", self.mountpoint.display()),
             Err(_) => warn!("session thread for {} panicked", self.mountpoint.display()),
         }
+        // No request comes any more: finish the trace file before returning, since the
+        // process may exit right after, while a control client still holds the recorder.
+        if let Some(r) = &self.recorder {
+            let start = Instant::now();
+            while !r.close(TRACE_NOTICE) {
+                if start.elapsed() >= TRACE_LIMIT {
+                    log::error!(
+                        "the trace writer did not finish within {} s: the trace file is \
+                         incomplete",
+                        TRACE_LIMIT.as_secs()
+                    );
+                    break;
+                }
+                warn!(
+                    "still writing the trace file ({} s)",
+                    start.elapsed().as_secs()
+                );
+            }
+        }
         drop(control);
         info!("unmounted rawfs from {}", self.mountpoint.display());
         first_error.map_or(Ok(()), Err)
@@ -330,6 +367,11 @@ impl Drop for Mounted {
         }
     }
 }
+
+/// How often unmounting says it is still waiting for the trace writer, and how long it
+/// waits at most: a trace file is finished unless its disk is stuck.
+const TRACE_NOTICE: Duration = Duration::from_secs(5);
+const TRACE_LIMIT: Duration = Duration::from_secs(120);
 
 fn wait_for(thread: &JoinHandle<io::Result<()>>, limit: Duration) -> bool {
     let start = Instant::now();
@@ -454,6 +496,24 @@ pub fn is_rawfs_mount(path: &Path) -> bool {
             .is_some_and(|mp| unescape_mountinfo(mp) == abs.as_os_str().as_bytes())
             && fields.get(sep + 1).is_some_and(|t| t.starts_with("fuse"))
             && fields.get(sep + 2).is_some_and(|src| *src == "rawfs")
+    })
+}
+
+/// The file system type and source of the mount whose root is `path`, if `path` is a mount
+/// point (the last such mount in /proc/self/mountinfo: the one on top).
+fn mounted_on(path: &Path) -> Option<(String, String)> {
+    // The directory exists here: resolve every symlink and `..`, as the kernel did when it
+    // recorded the mount point.
+    let abs = path.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let mp = fields.get(4)?;
+        (unescape_mountinfo(mp) == abs.as_os_str().as_bytes()).then(|| {
+            let field = |i: usize| fields.get(sep + i).map_or("?", |f| *f).to_string();
+            (field(1), field(2))
+        })
     })
 }
 

@@ -93,6 +93,11 @@ impl Entry {
         PathBuf::from(name)
     }
 
+    /// File locked while a mount on this mount point is being set up.
+    pub fn lock_file(&self) -> PathBuf {
+        self.with_suffix(".lock")
+    }
+
     /// Records the daemon's pid.
     pub fn write_pid(&self, pid: u32) -> io::Result<()> {
         fs::write(self.pid_file(), format!("{pid}\n"))
@@ -112,6 +117,28 @@ impl Entry {
     pub fn remove(&self) {
         let _ = fs::remove_file(self.pid_file());
     }
+}
+
+/// Takes the set-up lock of the mount point `mountpoint`, waiting for another mount being set
+/// up there: of two mounts started at once on one directory, the second then sees the first
+/// and is refused instead of stacking on it. Released when the file is dropped. `None` if the
+/// runtime directory is unusable (the checks before mounting still run, without the lock).
+pub fn lock_mountpoint(mountpoint: &Path) -> Option<fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    // The same directory through a symlink or with a trailing slash takes the same lock.
+    let canonical = mountpoint.canonicalize().ok()?;
+    let path = Entry::for_mountpoint(&canonical).ok()?.lock_file();
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    // SAFETY: the descriptor is valid for the life of `file`.
+    (unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0).then_some(file)
 }
 
 /// True if a process with this pid exists and is running.

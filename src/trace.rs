@@ -12,7 +12,7 @@ pub mod record;
 pub mod recorder;
 pub mod who;
 
-pub use event::{Event, FORMAT_VERSION, Header, Op};
+pub use event::{Event, FORMAT_VERSION, Gap, Header, Op};
 
 /// Fills the fields derived from others (`flags_str`). Runs off the request path, when an
 /// event is stored.

@@ -132,7 +132,7 @@ pub(crate) struct AddArgs {
     #[arg(long, value_name = "MS")]
     delay: Option<u64>,
     /// With --delay: wait after the operation instead.
-    #[arg(long, requires = "delay")]
+    #[arg(long)]
     delay_after: bool,
     /// Read or write at most N bytes.
     #[arg(long, value_name = "N")]
@@ -140,21 +140,21 @@ pub(crate) struct AddArgs {
     /// Corrupt the bytes read or stored: flip or zero.
     #[arg(long, value_name = "HOW", value_parser = parse_how)]
     corrupt: Option<CorruptHow>,
-    /// With --corrupt: first byte, relative to the request's data.
-    #[arg(long, default_value_t = 0, requires = "corrupt")]
-    corrupt_at: u64,
-    /// With --corrupt: number of bytes.
-    #[arg(long, default_value_t = 1, requires = "corrupt")]
-    corrupt_len: u64,
+    /// With --corrupt: first byte, relative to the request's data [default: 0].
+    #[arg(long, value_name = "N")]
+    corrupt_at: Option<u64>,
+    /// With --corrupt: number of bytes [default: 1].
+    #[arg(long, value_name = "N")]
+    corrupt_len: Option<u64>,
     /// Let writes store this many more bytes, then fail with ENOSPC.
     #[arg(long, value_name = "BYTES")]
     enospc_after: Option<u64>,
     /// Before a matching create, make the name exist as another process's file.
     #[arg(long)]
     competitor: bool,
-    /// With --competitor: the competitor's file content.
-    #[arg(long, default_value = "", requires = "competitor")]
-    content: String,
+    /// With --competitor: the competitor's file content [default: empty].
+    #[arg(long, value_name = "TEXT")]
+    content: Option<String>,
     /// Keep matching requests waiting until `rawfs fault release`.
     #[arg(long)]
     hold: bool,
@@ -183,7 +183,85 @@ fn split_list(s: &Option<String>) -> Vec<String> {
 }
 
 impl AddArgs {
+    /// The options given that are part of a rule built from options, by name.
+    fn rule_options(&self) -> Vec<&'static str> {
+        let given = [
+            ("--op", self.ops.is_some()),
+            ("--path", self.path.is_some()),
+            ("--pid", self.pid.is_some()),
+            ("--comm", self.comm.is_some()),
+            ("--flags", self.flags.is_some()),
+            ("--offset", self.offset.is_some()),
+            ("--size", self.size.is_some()),
+            ("--nth", self.nth.is_some()),
+            ("--after", self.after.is_some()),
+            ("--times", self.times.is_some()),
+            ("--probability", self.probability.is_some()),
+            ("--delay-after", self.delay_after),
+            ("--corrupt-at", self.corrupt_at.is_some()),
+            ("--corrupt-len", self.corrupt_len.is_some()),
+            ("--content", self.content.is_some()),
+        ];
+        given.iter().filter(|g| g.1).map(|g| g.0).collect()
+    }
+
+    /// The action option given (clap lets only one through).
+    fn action_option(&self) -> &'static str {
+        [
+            ("--errno", self.errno.is_some()),
+            ("--delay", self.delay.is_some()),
+            ("--short", self.short.is_some()),
+            ("--corrupt", self.corrupt.is_some()),
+            ("--enospc-after", self.enospc_after.is_some()),
+            ("--competitor", self.competitor),
+            ("--hold", self.hold),
+            ("--kill", self.kill.is_some()),
+        ]
+        .iter()
+        .find(|a| a.1)
+        .map_or("none", |a| a.0)
+    }
+
+    /// Options that would be silently ignored are errors: a rule must be what was asked for.
+    fn check(&self) -> Result<(), String> {
+        let whole = if self.json.is_some() {
+            Some("--json")
+        } else if self.file.is_some() {
+            Some("--file")
+        } else {
+            None
+        };
+        if let Some(whole) = whole {
+            let extra = self.rule_options();
+            if !extra.is_empty() {
+                return Err(format!(
+                    "{whole} gives the whole rule, so {} would be ignored: put {} in the \
+                     JSON rule (\"match\", \"when\", \"action\"), or leave {whole} out",
+                    extra.join(", "),
+                    if extra.len() == 1 { "it" } else { "them" }
+                ));
+            }
+            return Ok(());
+        }
+        let action = self.action_option();
+        let belongs = [
+            ("--delay-after", self.delay_after, "--delay"),
+            ("--corrupt-at", self.corrupt_at.is_some(), "--corrupt"),
+            ("--corrupt-len", self.corrupt_len.is_some(), "--corrupt"),
+            ("--content", self.content.is_some(), "--competitor"),
+        ];
+        for (option, given, owner) in belongs {
+            if given && action != owner {
+                return Err(format!(
+                    "{option} goes with {owner}, but this rule's action is {action}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn rules(&self) -> Result<Vec<Rule>, String> {
+        self.check()?;
         if let Some(json) = &self.json {
             return crate::fault::parse_rules(json);
         }
@@ -202,14 +280,14 @@ impl AddArgs {
         } else if let Some(how) = self.corrupt {
             Action::Corrupt {
                 how,
-                at: self.corrupt_at,
-                len: self.corrupt_len,
+                at: self.corrupt_at.unwrap_or(0),
+                len: self.corrupt_len.unwrap_or(1),
             }
         } else if let Some(n) = self.enospc_after {
             Action::EnospcAfter(n)
         } else if self.competitor {
             Action::Competitor {
-                content: self.content.clone(),
+                content: self.content.clone().unwrap_or_default(),
                 uid: 0,
                 gid: 0,
             }

@@ -13,7 +13,7 @@ use crate::control::{Client, Command};
 use crate::trace::event::{FORMAT_VERSION, Header};
 use crate::trace::filter::Filter;
 use crate::trace::recorder::Counts;
-use crate::trace::{Event, format};
+use crate::trace::{Event, Gap, format};
 
 /// How events are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -82,8 +82,10 @@ impl Source {
     fn load(&self) -> Result<Loaded, String> {
         if let Some(path) = &self.file {
             let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            let (header, mut events) = format::read_jsonl(BufReader::new(f))
+            let read = format::read_jsonl_with_gaps(BufReader::new(f))
                 .map_err(|e| format!("{}: {e}", path.display()))?;
+            warn_gaps(path, &read.gaps);
+            let (header, mut events) = (read.header, read.events);
             events.sort_by_key(|e| e.seq);
             return Ok((events, None, header));
         }
@@ -160,6 +162,22 @@ pub(crate) fn print_events(
         TraceFormat::Chrome => format::write_chrome(&mut w, events)?,
     }
     w.flush()
+}
+
+/// Says that a saved trace misses events, and where, as `warn_counts` does for a live one.
+fn warn_gaps(path: &Path, gaps: &[Gap]) {
+    if gaps.is_empty() {
+        return;
+    }
+    let missing: u64 = gaps.iter().map(|g| g.dropped).sum();
+    let first = gaps.iter().map(|g| g.first_seq).min().unwrap_or(0);
+    let last = gaps.iter().map(|g| g.last_seq).max().unwrap_or(0);
+    eprintln!(
+        "rawfs: {} is missing {missing} events, dropped by the writer (--trace-overflow drop) \
+         in {} gaps between #{first} and #{last}; what follows is incomplete",
+        path.display(),
+        gaps.len()
+    );
 }
 
 fn warn_counts(counts: Option<Counts>) {

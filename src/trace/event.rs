@@ -348,5 +348,18 @@ pub struct Header {
     pub started_unix_ns: u128,
 }
 
+/// A line of a JSON Lines trace file that marks events missing from it: `{"gap": {...}}`.
+/// Written by the trace writer when it dropped events (overflow policy `drop`), right after
+/// the events it wrote before noticing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// How many events are missing.
+    pub dropped: u64,
+    /// The smallest and largest `seq` among them (others in between may be present).
+    pub first_seq: u64,
+    /// See `first_seq`.
+    pub last_seq: u64,
+}
+
 /// The trace format version this build writes.
 pub const FORMAT_VERSION: u32 = 1;

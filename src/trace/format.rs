@@ -14,7 +14,7 @@ use std::io::{self, BufRead, Write};
 use serde_json::{Map, Value, json};
 
 use super::event::{SetattrFields, TimeSpec};
-use super::{Event, FORMAT_VERSION, Header, Op, decorate, flags};
+use super::{Event, FORMAT_VERSION, Gap, Header, Op, decorate, flags};
 
 // ---------------------------------------------------------------------------------------------
 // JSON Lines
@@ -22,6 +22,12 @@ use super::{Event, FORMAT_VERSION, Header, Op, decorate, flags};
 /// Writes the header line of a JSON Lines trace.
 pub fn write_header(w: &mut impl Write, h: &Header) -> io::Result<()> {
     serde_json::to_writer(&mut *w, h)?;
+    w.write_all(b"\n")
+}
+
+/// Writes the line that marks events missing from a JSON Lines trace.
+pub fn write_gap(w: &mut impl Write, gap: &Gap) -> io::Result<()> {
+    serde_json::to_writer(&mut *w, &json!({ "gap": gap }))?;
     w.write_all(b"\n")
 }
 
@@ -47,8 +53,33 @@ pub fn decorated(e: &Event) -> std::borrow::Cow<'_, Event> {
 /// does not know are ignored. Events are returned in file order, which need not be `seq`
 /// order.
 pub fn read_jsonl(r: impl BufRead) -> Result<(Option<Header>, Vec<Event>), FormatError> {
+    read_jsonl_with_gaps(r).map(|t| (t.header, t.events))
+}
+
+/// A JSON Lines trace as read: the header, the events in file order, and the marks of events
+/// missing from it.
+#[derive(Debug, Default)]
+pub struct Jsonl {
+    /// The header line, if the trace has one.
+    pub header: Option<Header>,
+    /// The events, in file order.
+    pub events: Vec<Event>,
+    /// Where the writer dropped events (`{"gap": ...}` lines).
+    pub gaps: Vec<Gap>,
+}
+
+impl Jsonl {
+    /// Events missing from the trace, by its gap lines.
+    pub fn missing(&self) -> u64 {
+        self.gaps.iter().map(|g| g.dropped).sum()
+    }
+}
+
+/// [`read_jsonl`], also returning the gap lines.
+pub fn read_jsonl_with_gaps(r: impl BufRead) -> Result<Jsonl, FormatError> {
     let mut header = None;
     let mut events = Vec::new();
+    let mut gaps = Vec::new();
     for (i, line) in r.lines().enumerate() {
         let n = i + 1;
         let err = |kind| FormatError { line: n, kind };
@@ -75,12 +106,27 @@ pub fn read_jsonl(r: impl BufRead) -> Result<(Option<Header>, Vec<Event>), Forma
                 continue;
             }
         }
+        // As for the header: only a line with the quoted key is parsed twice.
+        if line.contains("\"gap\"") {
+            let v: Value = serde_json::from_str(line)
+                .map_err(|e| err(FormatErrorKind::NotJson(e.to_string())))?;
+            if let Some(gap) = v.get("gap") {
+                let gap: Gap = serde_json::from_value(gap.clone())
+                    .map_err(|e| err(FormatErrorKind::NotJson(format!("bad gap line: {e}"))))?;
+                gaps.push(gap);
+                continue;
+            }
+        }
         match serde_json::from_str::<Event>(line) {
             Ok(e) => events.push(e),
             Err(_) => return Err(err(diagnose_event(line))),
         }
     }
-    Ok((header, events))
+    Ok(Jsonl {
+        header,
+        events,
+        gaps,
+    })
 }
 
 fn parse_header(version: &Value, v: Value) -> Result<Header, FormatErrorKind> {

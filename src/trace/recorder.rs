@@ -25,7 +25,7 @@ use log::error;
 use rustc_hash::FxHashMap;
 
 use super::clock::Clock;
-use super::event::{Event, FORMAT_VERSION, Header, Op};
+use super::event::{Event, FORMAT_VERSION, Gap, Header, Op};
 use super::format;
 use super::record;
 use super::who::{Who, WhoCache};
@@ -105,6 +105,8 @@ struct StoreInner {
     counts: Counts,
     /// The collector has exited: no event will arrive any more.
     closed: bool,
+    /// Events dropped since the trace file last said so.
+    gap: Option<Gap>,
     /// A reader asked the collector to drain now.
     kicked: bool,
 }
@@ -208,6 +210,7 @@ impl Store {
                 capacity,
                 counts: Counts::default(),
                 closed: false,
+                gap: None,
                 kicked: false,
             }),
             changed: Condvar::new(),
@@ -645,6 +648,15 @@ impl Recorder {
                     // Two dropping threads may get here in either order.
                     let mut s = self.store.lock();
                     s.counts.dropped = s.counts.dropped.max(dropped);
+                    let seq = p.event.seq;
+                    let gap = s.gap.get_or_insert(Gap {
+                        dropped: 0,
+                        first_seq: seq,
+                        last_seq: seq,
+                    });
+                    gap.dropped += 1;
+                    gap.first_seq = gap.first_seq.min(seq);
+                    gap.last_seq = gap.last_seq.max(seq);
                     return;
                 }
                 Overflow::Wait => {
@@ -670,6 +682,15 @@ impl Recorder {
 }
 
 impl Recorder {
+    /// Stops recording once the requests have ended (at unmount): the collector takes in what
+    /// is left, writes it to the trace file and flushes it, then exits. Waits up to `limit`
+    /// for that; false if the writer is still behind then (a slow disk).
+    pub fn close(&self, limit: Duration) -> bool {
+        self.lanes.closing.store(true, Ordering::Release);
+        self.store.wake_collector();
+        self.store.wait_closed(limit)
+    }
+
     fn openers(&self, fh: u64) -> MutexGuard<'_, FxHashMap<u64, Who>> {
         self.openers[fh as usize % OPENER_SHARDS]
             .lock()
@@ -771,6 +792,15 @@ fn collect(lanes: &Lanes, store: &Store, clock: &Clock, mut file: Option<BufWrit
                 }
             }
             store.push_lanes(std::slice::from_mut(&mut sorted));
+            // The file says where it misses events, after those written before the drops
+            // were seen: a reader of the file alone must know it is incomplete.
+            let gap = store.lock().gap.take();
+            if let Some(gap) = gap {
+                if let Err(err) = format::write_gap(f, &gap) {
+                    error!("trace file write failed: {err}");
+                    store.lock().counts.write_errors += 1;
+                }
+            }
         } else {
             store.push_lanes(&mut taken);
         }

@@ -47,17 +47,17 @@ fn mount_source_in(info: &str, path: &Path) -> Option<String> {
 }
 
 /// The source of the mount at `path`, if something is mounted there.
-fn mount_source(path: &Path) -> Option<String> {
+pub(crate) fn mount_source(path: &Path) -> Option<String> {
     let info = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
     mount_source_in(&info, path)
 }
 
-fn is_mounted(path: &Path) -> bool {
+pub(crate) fn is_mounted(path: &Path) -> bool {
     mount_source(path).is_some()
 }
 
 /// True if `pid` is a running process; a zombie (exited, not yet reaped) counts as gone.
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself hold ") ".
         Ok(stat) => stat
@@ -68,12 +68,12 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-fn errno_of_stat(path: &Path) -> Option<i32> {
+pub(crate) fn errno_of_stat(path: &Path) -> Option<i32> {
     fs::metadata(path).err().map(|e| common::code(&e))
 }
 
 /// Polls `cond` every 10 ms until it holds, failing after `limit`.
-fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
         assert!(
@@ -85,7 +85,7 @@ fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Runs `cmd` to completion with captured output, killing it and failing after `limit`.
-fn output_within(mut cmd: Command, limit: Duration) -> Output {
+pub(crate) fn output_within(mut cmd: Command, limit: Duration) -> Output {
     let shown = format!("{cmd:?}");
     let child = cmd
         .stdin(Stdio::null())
@@ -108,16 +108,16 @@ fn output_within(mut cmd: Command, limit: Duration) -> Output {
     }
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[track_caller]
-fn assert_success(out: &Output, what: &str) {
+pub(crate) fn assert_success(out: &Output, what: &str) {
     assert!(
         out.status.success(),
         "{what}: {}\nstdout: {}\nstderr: {}",
@@ -129,7 +129,7 @@ fn assert_success(out: &Output, what: &str) {
 
 /// A failure with exit status `code` whose stderr contains every one of `needles`.
 #[track_caller]
-fn assert_fails_with(out: &Output, code: i32, needles: &[&str]) {
+pub(crate) fn assert_fails_with(out: &Output, code: i32, needles: &[&str]) {
     let err = stderr(out);
     assert_eq!(
         out.status.code(),
@@ -142,14 +142,14 @@ fn assert_fails_with(out: &Output, code: i32, needles: &[&str]) {
     }
 }
 
-const QUICK: Duration = Duration::from_secs(30);
+pub(crate) const QUICK: Duration = Duration::from_secs(30);
 
 /// One test's directory, mount points and processes, cleaned up on drop.
-struct Scene {
-    base: PathBuf,
+pub(crate) struct Scene {
+    pub(crate) base: PathBuf,
     /// The default mount point, `base/mnt` (an empty directory).
-    mp: PathBuf,
-    runtime: PathBuf,
+    pub(crate) mp: PathBuf,
+    pub(crate) runtime: PathBuf,
     mountpoints: Vec<PathBuf>,
     children: Vec<Child>,
     // Last: removed after the drop above has unmounted everything.
@@ -157,7 +157,7 @@ struct Scene {
 }
 
 impl Scene {
-    fn new() -> Scene {
+    pub(crate) fn new() -> Scene {
         let dir = tempfile::Builder::new()
             .prefix("rawfs-life-")
             .tempdir()
@@ -178,7 +178,7 @@ impl Scene {
     }
 
     /// A new empty directory `base/name`, unmounted on drop if something is mounted there.
-    fn mountpoint(&mut self, name: &str) -> PathBuf {
+    pub(crate) fn mountpoint(&mut self, name: &str) -> PathBuf {
         let p = self.base.join(name);
         fs::create_dir(&p).expect("mount point");
         self.mountpoints.push(p.clone());
@@ -186,21 +186,21 @@ impl Scene {
     }
 
     /// `rawfs` with this scene's runtime directory.
-    fn rawfs(&self) -> Command {
+    pub(crate) fn rawfs(&self) -> Command {
         let mut c = Command::new(common::rawfs_bin());
         c.env("RAWFS_RUNTIME_DIR", &self.runtime);
         c
     }
 
     /// Runs `rawfs ARGS...` to completion.
-    fn run(&self, args: &[&OsStr]) -> Output {
+    pub(crate) fn run(&self, args: &[&OsStr]) -> Output {
         let mut c = self.rawfs();
         c.args(args);
         output_within(c, QUICK)
     }
 
     /// `rawfs mount --daemon MP`, asserting success; returns the daemon's pid.
-    fn daemon(&self, mp: &Path, extra: &[&str]) -> u32 {
+    pub(crate) fn daemon(&self, mp: &Path, extra: &[&str]) -> u32 {
         let mut args: Vec<&OsStr> = vec!["mount".as_ref(), "--daemon".as_ref()];
         args.extend(extra.iter().map(|a| OsStr::new(*a)));
         args.push(mp.as_os_str());
@@ -211,14 +211,14 @@ impl Scene {
     }
 
     /// Starts a long-running child (killed on drop); returns its index in `children`.
-    fn spawn(&mut self, mut cmd: Command) -> usize {
+    pub(crate) fn spawn(&mut self, mut cmd: Command) -> usize {
         let child = cmd.spawn().expect("spawn");
         self.children.push(child);
         self.children.len() - 1
     }
 
     /// Waits for child `i` to exit, failing after `limit`.
-    fn wait_child(&mut self, i: usize, limit: Duration) -> ExitStatus {
+    pub(crate) fn wait_child(&mut self, i: usize, limit: Duration) -> ExitStatus {
         let mut status = None;
         wait_until(limit, "the child exits", || {
             status = self.children[i].try_wait().expect("try_wait");
@@ -229,7 +229,7 @@ impl Scene {
 
     /// The pid file the registry keeps for `mp`: the absolute path with `%` as `%25` and `/`
     /// as `%2F`, plus ".pid".
-    fn pid_file(&self, mp: &Path) -> PathBuf {
+    pub(crate) fn pid_file(&self, mp: &Path) -> PathBuf {
         let escaped = mp
             .to_str()
             .expect("UTF-8 temp path")
@@ -238,7 +238,7 @@ impl Scene {
         self.runtime.join(format!("{escaped}.pid"))
     }
 
-    fn recorded_pid(&self, mp: &Path) -> Option<u32> {
+    pub(crate) fn recorded_pid(&self, mp: &Path) -> Option<u32> {
         fs::read_to_string(self.pid_file(mp))
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -283,7 +283,7 @@ impl Drop for Scene {
     }
 }
 
-fn os(s: &str) -> &OsStr {
+pub(crate) fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
 
@@ -350,7 +350,7 @@ fn foreground_mount_unmounts_and_exits_0_on_sigint() {
 // ---------------------------------------------------------------------------------------------
 // Daemon mode and `rawfs umount`.
 
-fn cmdline(pid: u32) -> Vec<String> {
+pub(crate) fn cmdline(pid: u32) -> Vec<String> {
     fs::read(format!("/proc/{pid}/cmdline"))
         .unwrap_or_default()
         .split(|b| *b == 0)

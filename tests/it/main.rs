@@ -7,6 +7,7 @@ mod concurrency;
 mod differential;
 mod docs;
 mod faults;
+mod hardening;
 mod lifecycle;
 mod model;
 mod posix;
