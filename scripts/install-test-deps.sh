@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages needed to build and run the external file system
-# test suites (scripts/pjdfstest.sh and scripts/fsx.sh).
+# test suites (scripts/pjdfstest.sh and scripts/fsx.sh), and python3-venv where the
+# python3 on PATH lacks venv (scripts/python-env.sh).
 #
 # Usage: scripts/install-test-deps.sh
 #
@@ -34,6 +35,11 @@ missing_packages() {
     for pkg in "${PACKAGES[@]}"; do
         is_installed "$pkg" || printf '%s\n' "$pkg"
     done
+    # scripts/python-env.sh needs `python3 -m venv` with pip: Debian's python3 has them only
+    # with python3-venv (another python3 first on PATH, such as a pyenv build, has its own).
+    if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        is_installed python3-venv || printf '%s\n' python3-venv
+    fi
 }
 
 as_root() {

@@ -3,8 +3,10 @@
 #   1. installs the Debian packages the tests need (scripts/install-test-deps.sh);
 #   2. formatting and lint checks (when rustfmt/clippy are installed);
 #   3. unit and integration tests (`cargo test`), mounted tests included;
-#   4. pjdfstest, the POSIX file system test suite, against a rawfs mount;
-#   5. fsx, a data-integrity exerciser, 100k operations in the default (direct I/O)
+#   4. the Python package (python/, docs/python.md): scripts/python-env.sh installs it with
+#      `pip install .` into target/venv (reusing the release build), then ruff and pytest;
+#   5. pjdfstest, the POSIX file system test suite, against a rawfs mount;
+#   6. fsx, a data-integrity exerciser, 100k operations in the default (direct I/O)
 #      mode and in --cache mode.
 # Mounting needs root (or fusermount3) and /dev/fuse. With CI=true, a mounted test
 # that cannot mount fails instead of being skipped.
@@ -38,6 +40,14 @@ cargo test --locked
 step "release build"
 cargo build --locked --release
 export RAWFS="$PWD/target/release/rawfs"
+
+step "python package: install, ruff, pytest"
+py=$(scripts/python-env.sh)
+"${py%/python}/ruff" format --check python
+"${py%/python}/ruff" check python
+# Without RAWFS, so the tests use the binary installed with the package. pytest exits 5 when
+# it collected no test: that fails here like any other non-zero status.
+env -u RAWFS "$py" -m pytest -p no:cacheprovider python/tests
 
 step "pjdfstest"
 scripts/pjdfstest.sh
