@@ -1,5 +1,6 @@
 //! The command line: parses arguments into a validated configuration, then runs one command.
 
+mod crash;
 mod faults;
 mod inspect;
 
@@ -123,6 +124,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: faults::FaultCmd,
     },
+    /// Cut the power: the mount's tree becomes what a disk would hold (unsynced changes
+    /// lost, as the mount's --model says), every open file fails with EIO, and the mount
+    /// goes on serving for the program's recovery. Also: what a crash would lose
+    /// (--dry-run), or a crash image written to a directory (--to).
+    Crash(crash::CrashArgs),
     /// Show a mount's daemon: uptime, requests served, trace counters, tree size.
     Status {
         /// The mount point.
@@ -175,6 +181,11 @@ struct MountArgs {
     /// (docs/faults.md).
     #[arg(long, value_name = "FILE", value_parser = parse_faults_file)]
     faults: Option<FaultsFile>,
+    /// Persistence model for crash simulation: what fsync makes durable and in which order
+    /// unsynced changes may reach the disk: `strict` (only what POSIX promises) or
+    /// `ext4-ordered` (docs/crash.md).
+    #[arg(long, value_name = "MODEL", default_value = "strict")]
+    model: crate::fs::durable::Model,
 }
 
 /// A rules file, read and checked while the arguments are parsed.
@@ -238,6 +249,7 @@ impl MountArgs {
                 .as_ref()
                 .map(|f| f.rules.clone())
                 .unwrap_or_default(),
+            model: self.model,
         }
     }
 
@@ -258,6 +270,8 @@ impl MountArgs {
             a.push("--faults".into());
             a.push(f.path.clone().into());
         }
+        a.push("--model".into());
+        a.push(self.model.name().into());
         a.push("--trace-capacity".into());
         a.push(self.trace_capacity.to_string().into());
         a.push("--trace-overflow".into());
@@ -327,6 +341,7 @@ pub fn main() -> ExitCode {
         } => inspect::trace(&source, format, follow, clear, output.as_deref()).unwrap_or_else(fail),
         Cmd::Check { source, json } => inspect::check(&source, json).unwrap_or_else(fail),
         Cmd::Fault { cmd } => faults::run(cmd).unwrap_or_else(fail),
+        Cmd::Crash(args) => crash::run(&args).unwrap_or_else(fail),
         Cmd::Status { mountpoint, json } => inspect::status(&mountpoint, json).unwrap_or_else(fail),
     }
 }

@@ -24,6 +24,8 @@ use serde_json::{Map, Value, json};
 
 use crate::fault::{Faults, Rule, RuleStatus};
 use crate::fs::Fs;
+use crate::fs::durable::{CrashOptions, Keep};
+use crate::fuse::power::{Cause, Power};
 use crate::registry::Entry;
 use crate::trace::Event;
 use crate::trace::recorder::{Counts, Recorder};
@@ -87,6 +89,28 @@ pub enum Command {
         #[serde(default)]
         all: bool,
     },
+    /// Cut the power: the tree becomes its durable state (docs/crash.md). Answers what was
+    /// lost.
+    Crash {
+        /// Which unsynced changes survive: `none` (default) or `random`.
+        #[serde(default)]
+        keep: Keep,
+        /// Seed of the draws.
+        #[serde(default)]
+        seed: u64,
+        /// A lost write may survive as a prefix ending on a multiple of this many bytes.
+        #[serde(default)]
+        torn: Option<u64>,
+        /// SIGKILL every process with a file open on the mount first.
+        #[serde(default)]
+        kill: bool,
+        /// Write the tree the crash would leave into this directory (missing or empty)
+        /// instead of crashing the mount.
+        #[serde(default)]
+        to: Option<PathBuf>,
+    },
+    /// What a crash would lose now, without crashing.
+    Unsynced,
     /// Empty the in-memory trace buffer, or only the events up to sequence number `upto`.
     TraceClear {
         /// Keep events after this sequence number.
@@ -132,6 +156,8 @@ pub struct Served {
     pub recorder: Option<Arc<Recorder>>,
     /// The fault rules.
     pub faults: Arc<Faults>,
+    /// The power switch (crash).
+    pub power: Arc<Power>,
     /// Requests served while recording is off (the recorder counts them otherwise).
     pub unrecorded: Arc<AtomicU64>,
     /// Mount point.
@@ -423,6 +449,52 @@ fn serve_command(
                 }
             };
             send(w, &answer(id, true, json!({ "released": released })))
+        }
+        Command::Crash {
+            keep,
+            seed,
+            torn,
+            kill,
+            to,
+        } => {
+            let opts = CrashOptions { keep, seed, torn };
+            let result = match (torn, to) {
+                (Some(0), _) => Err("torn must be at least 1 byte".to_string()),
+                (_, Some(_)) if kill => {
+                    Err("kill cannot go with to: an image kills nothing".into())
+                }
+                (_, Some(dir)) if !dir.is_absolute() => Err(format!(
+                    "to must be an absolute path, not {}",
+                    dir.display()
+                )),
+                (_, Some(dir)) => served
+                    .fs
+                    .crash_image(opts, &dir)
+                    .map_err(|e| format!("cannot write the crash image to {}: {e}", dir.display())),
+                (_, None) => Ok(served.power.crash(opts, kill, Cause::default(), true)),
+            };
+            match result {
+                Ok(lost) => send(
+                    w,
+                    &answer(
+                        id,
+                        true,
+                        json!({ "model": served.fs.model(), "lost": lost }),
+                    ),
+                ),
+                Err(e) => send(w, &answer(id, false, json!({ "error": e }))),
+            }
+        }
+        Command::Unsynced => {
+            let unsynced = served.fs.unsynced();
+            send(
+                w,
+                &answer(
+                    id,
+                    true,
+                    json!({ "model": served.fs.model(), "unsynced": unsynced }),
+                ),
+            )
         }
         Command::TraceClear { upto } => match &served.recorder {
             Some(r) => {

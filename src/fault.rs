@@ -178,6 +178,25 @@ pub enum Action {
     /// Send this signal (`"KILL"`, `"SIGTERM"`, `9`) to the calling process; the request
     /// fails with EINTR.
     Kill(String),
+    /// Cut the power just before the request (it then fails with EIO), or just after it was
+    /// answered: the tree becomes its durable state (docs/crash.md).
+    Crash {
+        /// After the request instead of before it.
+        #[serde(default)]
+        after: bool,
+        /// Which unsynced changes survive.
+        #[serde(default)]
+        keep: crate::fs::durable::Keep,
+        /// Seed of the draws for `keep: random` and `torn`.
+        #[serde(default)]
+        seed: u64,
+        /// A lost write may survive as a prefix ending on a multiple of this many bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        torn: Option<u64>,
+        /// SIGKILL every process with a file open on the mount first.
+        #[serde(default)]
+        kill: bool,
+    },
 }
 
 fn one() -> u64 {
@@ -341,6 +360,9 @@ impl Rule {
                 return Err("action.delay.ms is more than an hour".into());
             }
             Action::EnospcAfter(n) => budget = *n,
+            Action::Crash { torn: Some(0), .. } => {
+                return Err("action.crash.torn must be at least 1 byte".into());
+            }
             _ => {}
         }
         // Actions that change the operation itself need operations they apply to.

@@ -13,6 +13,8 @@
 
 pub mod data;
 pub mod dir;
+pub mod durable;
+mod image;
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -20,12 +22,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::errno::Errno;
 use crate::text::PathText;
 use data::{FileData, PAGE, Space};
 use dir::Dir;
+use durable::{CrashOptions, DataChange, Durable, Losses, Model};
 
 /// Inode number of the root directory.
 pub const ROOT: u64 = 1;
@@ -209,6 +212,24 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
+/// What a crash did: what was lost, and what the kernel may have cached that changed.
+#[derive(Debug, Default)]
+pub struct Crashed {
+    /// The unsynced changes that were lost.
+    pub losses: Losses,
+    /// What to invalidate in the kernel's caches.
+    pub stale: Stale,
+}
+
+/// Kernel cache entries a change behind the kernel's back made stale.
+#[derive(Debug, Default)]
+pub struct Stale {
+    /// Inodes whose attributes and pages may have changed.
+    pub inodes: Vec<u64>,
+    /// Directory entries, as (parent, name), that may have changed.
+    pub entries: Vec<(u64, OsString)>,
+}
+
 /// Options fixed when the tree is created.
 #[derive(Clone, Copy, Debug)]
 pub struct FsOptions {
@@ -220,6 +241,8 @@ pub struct FsOptions {
     pub root_gid: u32,
     /// Permission bits of the root directory.
     pub root_perm: u16,
+    /// What a sync makes durable, for crash simulation.
+    pub model: Model,
 }
 
 impl Default for FsOptions {
@@ -231,6 +254,7 @@ impl Default for FsOptions {
             root_uid: uid,
             root_gid: gid,
             root_perm: 0o1777,
+            model: Model::default(),
         }
     }
 }
@@ -253,6 +277,10 @@ struct State {
     handles: FxHashMap<u64, Handle>,
     next_fh: u64,
     space: Space,
+    /// What a disk would hold: the parts of nodes changed since they were made durable.
+    durable: Durable,
+    /// Handles opened before a crash: every request on them fails with EIO.
+    stale: FxHashSet<u64>,
 }
 
 #[derive(Debug)]
@@ -343,6 +371,33 @@ impl Node {
         }
     }
 
+    /// A copy of the node as a disk would hold it: attributes, contents (sharing pages) and
+    /// names, but no kernel references, open handles or directory entries.
+    fn image(&self) -> Node {
+        Node {
+            kind: self.kind,
+            perm: self.perm,
+            nlink: self.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: self.rdev,
+            atime: self.atime,
+            mtime: self.mtime,
+            ctime: self.ctime,
+            crtime: self.crtime,
+            body: match &self.body {
+                Body::File(d) => Body::File(d.clone()),
+                Body::Dir(d) => Body::Dir(Dir::new(d.parent)),
+                Body::Symlink(t) => Body::Symlink(t.clone()),
+                Body::Special => Body::Special,
+            },
+            xattrs: self.xattrs.clone(),
+            lookups: 0,
+            opens: 0,
+            links: self.links.clone(),
+        }
+    }
+
     fn attr(&self, ino: u64) -> Attr {
         let (size, blocks) = match &self.body {
             Body::File(d) => (d.size(), d.pages() * (PAGE / 512)),
@@ -408,7 +463,29 @@ impl State {
     }
 
     fn handle(&self, fh: u64) -> Result<Handle, Errno> {
-        self.handles.get(&fh).copied().ok_or(Errno::EBADF)
+        match self.handles.get(&fh) {
+            Some(h) => Ok(*h),
+            None if self.stale.contains(&fh) => Err(Errno::EIO),
+            None => Err(Errno::EBADF),
+        }
+    }
+
+    /// Saves a node's attributes as the durable state holds them, before they change.
+    fn meta_changing(&mut self, ino: u64) {
+        if let Some(n) = self.nodes.get(&ino) {
+            self.durable.meta_changing(ino, n);
+        }
+    }
+
+    /// Saves a file's contents as the durable state holds them, before they change.
+    fn data_changing(&mut self, ino: u64) {
+        if let Some(Node {
+            body: Body::File(d),
+            ..
+        }) = self.nodes.get(&ino)
+        {
+            self.durable.data_changing(ino, d);
+        }
     }
 
     /// The directory `parent`, checked to accept new entries.
@@ -449,6 +526,7 @@ impl State {
             return;
         }
         if let Some(mut n) = self.nodes.remove(&ino) {
+            self.durable.node_freed(ino, &n);
             if let Body::File(d) = &mut n.body {
                 d.clear(&mut self.space);
             }
@@ -489,6 +567,8 @@ impl State {
         let attr = node.attr(ino);
         self.nodes.insert(ino, node);
         let t = attr.ctime;
+        self.meta_changing(parent);
+        self.durable.name_changed(parent, name, None, Some(ino));
         let p = self.node_mut(parent)?;
         p.dir_mut()?.insert(name, ino);
         p.touch_modified(t);
@@ -512,11 +592,19 @@ impl State {
         if flags & libc::O_TRUNC == 0 {
             return Ok(());
         }
-        let State { nodes, space, .. } = self;
+        self.meta_changing(ino);
+        self.data_changing(ino);
+        let State {
+            nodes,
+            space,
+            durable,
+            ..
+        } = self;
         let n = nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         if let Body::File(d) = &mut n.body {
             d.truncate(0, space);
             n.touch_modified(now());
+            durable.data_changed(ino, DataChange::Size(0));
         }
         Ok(())
     }
@@ -631,6 +719,13 @@ impl State {
             {
                 return Err(Errno::EINVAL);
             }
+            for ino in [src, dst, parent, newparent] {
+                self.meta_changing(ino);
+            }
+            self.durable
+                .name_changed(parent, name, Some(src), Some(dst));
+            self.durable
+                .name_changed(newparent, newname, Some(dst), Some(src));
             self.node_mut(parent)?.dir_mut()?.insert(name, dst);
             self.node_mut(newparent)?.dir_mut()?.insert(newname, src);
             if parent != newparent {
@@ -672,6 +767,18 @@ impl State {
                 _ => {}
             }
         }
+        if dst.is_some() && !src_is_dir {
+            self.durable.before_replacing_rename(src);
+        }
+        for ino in [Some(src), dst, Some(parent), Some(newparent)]
+            .into_iter()
+            .flatten()
+        {
+            self.meta_changing(ino);
+        }
+        self.durable.name_changed(parent, name, Some(src), None);
+        self.durable
+            .name_changed(newparent, newname, dst, Some(src));
         self.node_mut(parent)?.dir_mut()?.remove(name);
         self.node_mut(newparent)?.dir_mut()?.insert(newname, src);
         if let Some(dst) = dst {
@@ -729,6 +836,8 @@ impl Fs {
                 handles: FxHashMap::default(),
                 next_fh: 1,
                 space: Space::with_limit(limit),
+                durable: Durable::new(opts.model),
+                stale: FxHashSet::default(),
             }),
             freed: Condvar::new(),
         }
@@ -771,7 +880,16 @@ impl Fs {
     /// chmod, chown, truncate, utimensat: applies every field given, in one step.
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr, Errno> {
         let mut guard = self.lock();
-        let State { nodes, space, .. } = &mut *guard;
+        guard.meta_changing(ino);
+        if set.size.is_some() {
+            guard.data_changing(ino);
+        }
+        let State {
+            nodes,
+            space,
+            durable,
+            ..
+        } = &mut *guard;
         let n = nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         let t = now();
         // Times as tmpfs sets them: a new size sets mtime and ctime; truncate(2) to the same
@@ -783,6 +901,7 @@ impl Fs {
                 Body::File(d) => {
                     untouched = d.size() == size && d.pages() == 0;
                     d.truncate(size, space);
+                    durable.data_changed(ino, DataChange::Size(size));
                 }
                 Body::Dir(_) => return Err(Errno::EISDIR),
                 _ => return Err(Errno::EINVAL),
@@ -902,6 +1021,9 @@ impl Fs {
             return Err(Errno::EISDIR);
         }
         let t = now();
+        s.meta_changing(parent);
+        s.meta_changing(ino);
+        s.durable.name_changed(parent, name, Some(ino), None);
         let p = s.node_mut(parent)?;
         p.dir_mut()?.remove(name);
         p.touch_modified(t);
@@ -919,6 +1041,9 @@ impl Fs {
             return Err(Errno::ENOTEMPTY);
         }
         let t = now();
+        s.meta_changing(parent);
+        s.meta_changing(ino);
+        s.durable.name_changed(parent, name, Some(ino), None);
         let p = s.node_mut(parent)?;
         p.dir_mut()?.remove(name);
         p.touch_modified(t);
@@ -974,6 +1099,9 @@ impl Fs {
             return Err(Errno::EEXIST);
         }
         let t = now();
+        s.meta_changing(newparent);
+        s.meta_changing(ino);
+        s.durable.name_changed(newparent, newname, None, Some(ino));
         let p = s.node_mut(newparent)?;
         p.dir_mut()?.insert(newname, ino);
         p.touch_modified(t);
@@ -1072,15 +1200,36 @@ impl Fs {
     /// write(2) through handle `fh`; O_APPEND handles write at end of file whatever the
     /// offset. Returns the bytes written: fewer than asked only when space ran out part way.
     pub fn write(&self, caller: &Caller, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        self.write_with(caller, fh, offset, data, false)
+    }
+
+    /// [`Fs::write`]; `sync` says the write is durable when it returns (RWF_SYNC and the like),
+    /// as it is through a handle opened with O_SYNC or O_DSYNC.
+    pub fn write_with(
+        &self,
+        caller: &Caller,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        sync: bool,
+    ) -> Result<u32, Errno> {
         let mut guard = self.lock();
         let h = guard.handle(fh)?;
         if h.flags & libc::O_ACCMODE == libc::O_RDONLY {
             return Err(Errno::EBADF);
         }
+        let sync = sync || h.flags & (libc::O_SYNC | libc::O_DSYNC) != 0;
         let deadline = Instant::now() + SPACE_WAIT;
         let mut written = 0;
         loop {
-            let State { nodes, space, .. } = &mut *guard;
+            guard.meta_changing(h.ino);
+            guard.data_changing(h.ino);
+            let State {
+                nodes,
+                space,
+                durable,
+                ..
+            } = &mut *guard;
             let n = nodes.get_mut(&h.ino).ok_or(Errno::ENOENT)?;
             let Body::File(d) = &mut n.body else {
                 return Err(Errno::EINVAL);
@@ -1092,6 +1241,12 @@ impl Fs {
             };
             let done = d.write(at, &data[written..], space);
             if done > 0 {
+                if sync {
+                    durable.synced_write(h.ino, d, at, done as u64);
+                } else {
+                    let extent = d.extent(at, done as u64);
+                    durable.data_changed(h.ino, DataChange::Write(extent));
+                }
                 n.touch_modified(now());
                 n.kill_suid(caller);
             }
@@ -1123,6 +1278,9 @@ impl Fs {
     /// close(2) of the last descriptor sharing handle `fh`.
     pub fn release(&self, fh: u64) -> Result<(), Errno> {
         let mut s = self.lock();
+        if s.stale.remove(&fh) {
+            return Ok(());
+        }
         let h = s.handles.remove(&fh).ok_or(Errno::EBADF)?;
         if let Some(n) = s.nodes.get_mut(&h.ino) {
             n.opens = n.opens.saturating_sub(1);
@@ -1132,10 +1290,94 @@ impl Fs {
         Ok(())
     }
 
-    /// fsync(2) or fdatasync(2) of handle `fh`. Contents live in memory, so this only checks
-    /// the handle; it is the point a crash simulation keeps as "durable".
-    pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
-        self.lock().handle(fh).map(|_| ())
+    /// fsync(2) or, with `datasync`, fdatasync(2) of handle `fh`, on a file or a directory:
+    /// what the persistence model says it makes durable survives a crash from now on.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
+        let mut s = self.lock();
+        let h = s.handle(fh)?;
+        if s.node(h.ino)?.kind == Kind::Dir {
+            s.durable.fsync_dir(h.ino);
+        } else {
+            s.durable.fsync_file(h.ino, datasync);
+        }
+        Ok(())
+    }
+
+    /// The persistence model.
+    pub fn model(&self) -> Model {
+        self.lock().durable.model
+    }
+
+    /// What a crash would lose now (`rawfs crash --dry-run`).
+    pub fn unsynced(&self) -> Losses {
+        let s = self.lock();
+        if s.durable.is_clean() {
+            return Losses::default();
+        }
+        let path = |i: u64| s.path_of(i, None).map(|p| p.as_str().to_string());
+        durable::plan(&s.nodes, &s.durable, CrashOptions::default(), &path).losses
+    }
+
+    /// Writes the tree a crash under `opts` would leave into the real directory `dir` (missing
+    /// or empty), without changing this tree. Returns what that crash loses.
+    pub fn crash_image(
+        &self,
+        opts: CrashOptions,
+        dir: &std::path::Path,
+    ) -> std::io::Result<Losses> {
+        let outcome = {
+            let s = self.lock();
+            let path = |i: u64| s.path_of(i, None).map(|p| p.as_str().to_string());
+            durable::plan(&s.nodes, &s.durable, opts, &path)
+        };
+        image::write(&outcome.nodes, dir)?;
+        Ok(outcome.losses)
+    }
+
+    /// Cuts the power: the tree becomes what the disk held, under `opts`. Every handle open
+    /// now fails with EIO from here on. Returns what was lost and what the kernel may have
+    /// cached that is no longer true.
+    pub fn crash(&self, opts: CrashOptions) -> Crashed {
+        let mut s = self.lock();
+        let mut stale = Stale::default();
+        let outcome = {
+            let st = &*s;
+            let path = |i: u64| st.path_of(i, None).map(|p| p.as_str().to_string());
+            durable::plan(&st.nodes, &st.durable, opts, &path)
+        };
+        for nodes in [&s.nodes, &outcome.nodes] {
+            for (&ino, n) in nodes {
+                stale.inodes.push(ino);
+                if let Body::Dir(d) = &n.body {
+                    stale
+                        .entries
+                        .extend(d.iter().map(|(name, _)| (ino, name.to_owned())));
+                }
+            }
+        }
+        stale.inodes.sort_unstable();
+        stale.inodes.dedup();
+        stale.entries.sort_unstable();
+        stale.entries.dedup();
+        s.nodes = outcome.nodes;
+        let open: Vec<u64> = s.handles.keys().copied().collect();
+        s.stale.extend(open);
+        s.handles.clear();
+        let used = s
+            .nodes
+            .values()
+            .map(|n| match &n.body {
+                Body::File(d) => d.pages(),
+                _ => 0,
+            })
+            .sum();
+        s.space.used = used;
+        s.durable.reset();
+        self.freed.notify_all();
+        Crashed {
+            losses: outcome.losses,
+            stale,
+        }
     }
 
     /// opendir(3): a handle for readdir.
@@ -1202,6 +1444,7 @@ impl Fs {
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
         check_xattr_name(name)?;
         let mut s = self.lock();
+        s.meta_changing(ino);
         let n = s.node_mut(ino)?;
         let exists = n.xattrs.contains_key(name);
         if flags & libc::XATTR_CREATE != 0 && exists {
@@ -1241,6 +1484,7 @@ impl Fs {
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<(), Errno> {
         check_xattr_name(name)?;
         let mut s = self.lock();
+        s.meta_changing(ino);
         let n = s.node_mut(ino)?;
         n.xattrs.remove(name).ok_or(Errno::ENODATA)?;
         n.ctime = now();
@@ -1280,11 +1524,19 @@ impl Fs {
         }
         let mut guard = self.lock();
         let h = guard.handle(fh)?;
-        let State { nodes, space, .. } = &mut *guard;
+        guard.meta_changing(h.ino);
+        guard.data_changing(h.ino);
+        let State {
+            nodes,
+            space,
+            durable,
+            ..
+        } = &mut *guard;
         let n = nodes.get_mut(&h.ino).ok_or(Errno::ENOENT)?;
         let Body::File(d) = &mut n.body else {
             return Err(Errno::ENODEV);
         };
+        let size = d.size();
         match op {
             Allocate::Extend | Allocate::KeepSize => {
                 if offset.checked_add(len).is_none_or(|e| e > i64::MAX as u64) {
@@ -1294,7 +1546,13 @@ impl Fs {
                     return Err(Errno::ENOSPC);
                 }
             }
-            Allocate::PunchHole => d.punch_hole(offset, len, space),
+            Allocate::PunchHole => {
+                d.punch_hole(offset, len, space);
+                durable.data_changed(h.ino, DataChange::Zero { offset, len });
+            }
+        }
+        if d.size() != size {
+            durable.data_changed(h.ino, DataChange::Size(d.size()));
         }
         n.touch_modified(now());
         Ok(())

@@ -28,11 +28,15 @@ use log::{error, warn};
 use crate::errno::Errno;
 use crate::fault::hold::Held;
 use crate::fault::{Action, Compiled, CorruptHow, Faults};
+use crate::fs::durable::CrashOptions;
 use crate::fs::{Allocate, Attr, Caller, Fs, Kind, RenameMode, SetAttr, SetTime};
 use crate::trace::event::{SetattrFields, TimeSpec};
 use crate::trace::recorder::{Pending, Recorder};
 use crate::trace::who::WhoCache;
 use crate::trace::{Event, Op};
+
+pub mod power;
+use power::{Cause, Power};
 
 /// How the kernel may cache what rawfs answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -57,6 +61,8 @@ pub struct RawFs {
     who: WhoCache,
     /// Requests served while recording is off (`rawfs status`).
     unrecorded: Arc<AtomicU64>,
+    /// Cuts the power for crash rules.
+    power: Arc<Power>,
 }
 
 fn ino(i: INodeNo) -> u64 {
@@ -190,6 +196,7 @@ impl RawFs {
         recorder: Option<Arc<Recorder>>,
         faults: Arc<Faults>,
         unrecorded: Arc<AtomicU64>,
+        power: Arc<Power>,
     ) -> RawFs {
         let ttl = match cache {
             CacheMode::Direct => Duration::ZERO,
@@ -203,6 +210,7 @@ impl RawFs {
             faults,
             who: WhoCache::default(),
             unrecorded,
+            power,
         }
     }
 
@@ -295,13 +303,39 @@ impl RawFs {
             Err(e) => p.errno = Some(*e),
         }
         let Some(rec) = &self.recorder else {
-            return answer(result);
+            answer(result);
+            return self.crash_after(hit.as_deref(), &p.event);
         };
         // The request took until its answer was ready; the kernel gets it before the event
         // is handed over, so the hand-over is not part of the caller's wait.
         rec.stop(p);
         answer(result);
         rec.finish(p);
+        self.crash_after(hit.as_deref(), &p.event);
+    }
+
+    /// A crash rule's action, when it cuts the power after the request.
+    fn crash_after(&self, rule: Option<&Compiled>, e: &Event) {
+        if let Some(Action::Crash {
+            after: true,
+            keep,
+            seed,
+            torn,
+            kill,
+        }) = rule.map(|r| &r.rule.action)
+        {
+            let cause = Cause {
+                pid: e.pid,
+                tid: e.tid,
+                rule: e.rule,
+            };
+            let opts = CrashOptions {
+                keep: *keep,
+                seed: *seed,
+                torn: *torn,
+            };
+            self.power.crash(opts, *kill, cause, false);
+        }
     }
 
     /// The fault actions taken before the operation, noted in the event: an errno or a
@@ -352,6 +386,28 @@ impl RawFs {
             }
             Action::EnospcAfter(n) => (format!("enospc after {n}"), None),
             Action::Competitor { .. } => ("competitor".to_string(), None),
+            Action::Crash { after: true, .. } => ("crash after".to_string(), None),
+            Action::Crash {
+                after: false,
+                keep,
+                seed,
+                torn,
+                kill,
+            } => {
+                let cause = Cause {
+                    pid: e.pid,
+                    tid: e.tid,
+                    rule: Some(rule.id()),
+                };
+                let opts = CrashOptions {
+                    keep: *keep,
+                    seed: *seed,
+                    torn: *torn,
+                };
+                self.power.crash(opts, *kill, cause, false);
+                // The power went before the request reached the disk.
+                ("crash before".to_string(), Some(Errno::EIO))
+            }
         };
         e.fault = Some(note);
         early
@@ -409,7 +465,7 @@ impl RawFs {
                 on_handle(e, fs, ino(i), fh.0);
                 e.flags = Some(i32::from(datasync));
             },
-            |fs| fs.fsync(fh.0),
+            |fs| fs.fsync(fh.0, datasync),
             nothing,
             |r| Self::empty(r, reply),
         );
@@ -803,6 +859,8 @@ impl Filesystem for RawFs {
         reply: ReplyWrite,
     ) {
         let c = caller(req);
+        // RWF_SYNC and RWF_DSYNC arrive as O_SYNC or O_DSYNC in the write's flags.
+        let sync = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
         self.call_with(
             req,
             Op::Write,
@@ -814,7 +872,7 @@ impl Filesystem for RawFs {
             },
             |fs, rule| {
                 let Some(rule) = rule else {
-                    return fs.write(&c, fh.0, offset, data);
+                    return fs.write_with(&c, fh.0, offset, data, sync);
                 };
                 let mut data = std::borrow::Cow::Borrowed(data);
                 match rule.rule.action {
@@ -829,7 +887,7 @@ impl Filesystem for RawFs {
                     }
                     _ => {}
                 }
-                fs.write(&c, fh.0, offset, &data)
+                fs.write_with(&c, fh.0, offset, &data, sync)
             },
             |e, n| {
                 e.returned = Some(u64::from(*n));

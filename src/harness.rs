@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::fs::Fs;
+use crate::fs::durable::{CrashOptions, Losses};
+use crate::fuse::power::Cause;
 use crate::mount::{MountConfig, MountError, Mounted};
 use crate::trace::recorder::Store;
 
@@ -67,6 +69,22 @@ impl TempMount {
             .as_ref()
             .expect("mounted until dropped")
             .faults()
+    }
+
+    /// Cuts the power (docs/crash.md): the tree becomes its durable state under the mount's
+    /// persistence model, files open on the mount fail with EIO from now on, and the mount
+    /// goes on serving. Returns what was lost.
+    pub fn crash(&self, opts: CrashOptions) -> Losses {
+        self.mounted
+            .as_ref()
+            .expect("mounted until dropped")
+            .power()
+            .crash(opts, false, Cause::default(), true)
+    }
+
+    /// What a crash would lose now: empty once everything was made durable.
+    pub fn unsynced(&self) -> Losses {
+        self.fs().unsynced()
     }
 
     /// Unmounts now, reporting any failure (dropping the guard does the same silently).

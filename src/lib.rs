@@ -22,6 +22,7 @@ pub mod trace;
 pub mod units;
 
 pub use errno::Errno;
+pub use fs::durable::{CrashOptions, Keep, Losses, Model};
 pub use harness::TempMount;
 pub use mount::{MountConfig, Mounted};
 

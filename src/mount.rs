@@ -18,7 +18,9 @@ use log::{info, warn};
 
 use crate::control::{Served, Server};
 use crate::fault::{Faults, Rule};
+use crate::fs::durable::Model;
 use crate::fs::{Fs, FsOptions};
+use crate::fuse::power::Power;
 use crate::fuse::{CacheMode, RawFs};
 use crate::trace::recorder::{Recorder, Store, TraceConfig};
 
@@ -35,6 +37,8 @@ pub struct MountConfig {
     pub trace: TraceConfig,
     /// Fault rules in force from the start.
     pub faults: Vec<Rule>,
+    /// What a sync makes durable, for crash simulation (docs/crash.md).
+    pub model: Model,
 }
 
 impl Default for MountConfig {
@@ -45,6 +49,7 @@ impl Default for MountConfig {
             threads: 4,
             trace: TraceConfig::default(),
             faults: Vec::new(),
+            model: Model::default(),
         }
     }
 }
@@ -151,6 +156,7 @@ pub struct Mounted {
     fs: Arc<Fs>,
     recorder: Option<Arc<Recorder>>,
     faults: Arc<Faults>,
+    power: Arc<Power>,
     control: Option<Server>,
     unmounter: Option<SessionUnmounter>,
     thread: Option<JoinHandle<io::Result<()>>>,
@@ -167,6 +173,7 @@ impl Mounted {
         preflight(mountpoint)?;
         let fs = Arc::new(Fs::new(FsOptions {
             size_limit: config.size,
+            model: config.model,
             ..FsOptions::default()
         }));
         let mut options = vec![
@@ -200,12 +207,15 @@ impl Mounted {
             .add(config.faults.clone())
             .map_err(|e| MountError(format!("bad fault rule: {e}")))?;
         let unrecorded = Arc::new(AtomicU64::new(0));
+        let abs = crate::registry::absolute(mountpoint).unwrap_or(mountpoint.to_path_buf());
+        let power = Arc::new(Power::new(fs.clone(), recorder.clone(), &abs));
         let adapter = RawFs::new(
             fs.clone(),
             config.cache,
             recorder.clone(),
             faults.clone(),
             unrecorded.clone(),
+            power.clone(),
         );
         let mut session = Session::new(adapter, mountpoint, &fuse_config).map_err(|e| {
             let shown = mountpoint.display();
@@ -218,6 +228,7 @@ impl Mounted {
             }
         })?;
         let unmounter = session.unmount_callable();
+        power.set_notifier(session.notifier());
         let thread = std::thread::Builder::new()
             .name("rawfs-session".into())
             .spawn(move || session.run())
@@ -227,7 +238,8 @@ impl Mounted {
             recorder: recorder.clone(),
             faults: faults.clone(),
             unrecorded,
-            mountpoint: crate::registry::absolute(mountpoint).unwrap_or(mountpoint.to_path_buf()),
+            power: power.clone(),
+            mountpoint: abs,
             started: Instant::now(),
         }) {
             Ok(s) => Some(s),
@@ -250,6 +262,7 @@ impl Mounted {
             fs,
             recorder,
             faults,
+            power,
             control,
             unmounter: Some(unmounter),
             thread: Some(thread),
@@ -275,6 +288,11 @@ impl Mounted {
     /// The fault rules in force, to change while the mount runs.
     pub fn faults(&self) -> &Arc<Faults> {
         &self.faults
+    }
+
+    /// The power switch: crash the mount (docs/crash.md).
+    pub fn power(&self) -> &Arc<Power> {
+        &self.power
     }
 
     /// The trace buffer, unless recording is off.

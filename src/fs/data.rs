@@ -58,6 +58,36 @@ impl Space {
     }
 }
 
+/// A range of a file's bytes as a write left them, kept by sharing the file's pages.
+#[derive(Clone, Debug)]
+pub struct Extent {
+    /// Where the range starts in the file.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub len: u64,
+    pages: Vec<(u64, Arc<Page>)>,
+}
+
+impl Extent {
+    /// The first `n` bytes of the range (holes read as zeros).
+    pub fn bytes(&self, n: u64) -> Vec<u8> {
+        let n = n.min(self.len);
+        let mut out = vec![0u8; n as usize];
+        let end = self.offset + n;
+        for (idx, page) in &self.pages {
+            let page_start = idx * PAGE;
+            let from = self.offset.max(page_start);
+            let to = end.min(page_start + PAGE);
+            if from < to {
+                out[(from - self.offset) as usize..(to - self.offset) as usize].copy_from_slice(
+                    &page[(from - page_start) as usize..(to - page_start) as usize],
+                );
+            }
+        }
+        out
+    }
+}
+
 impl FileData {
     /// The file size in bytes.
     pub fn size(&self) -> u64 {
@@ -205,6 +235,26 @@ impl FileData {
         budget.give_back(self.pages.len() as u64);
         self.pages.clear();
         self.size = 0;
+    }
+
+    /// The bytes of `[offset, offset+len)` as they are now, sharing the pages instead of
+    /// copying them (a later write to the file copies the page it touches).
+    pub fn extent(&self, offset: u64, len: u64) -> Extent {
+        let end = offset.saturating_add(len);
+        let pages = self
+            .pages
+            .range(offset / PAGE..end.div_ceil(PAGE))
+            .map(|(&i, p)| (i, p.clone()))
+            .collect();
+        Extent { offset, len, pages }
+    }
+
+    /// Writes the first `keep` bytes of `e` where they were taken from.
+    pub fn apply(&mut self, e: &Extent, keep: u64, budget: &mut Space) {
+        let keep = keep.min(e.len);
+        if keep > 0 {
+            self.write(e.offset, &e.bytes(keep), budget);
+        }
     }
 
     fn zero_within_page(&mut self, pos: u64, len: u64) {

@@ -86,6 +86,9 @@ pub enum Op {
     Poll,
     /// bmap.
     Bmap,
+    /// Not a request: the power was cut (`rawfs crash` or a crash rule); the note says what
+    /// was lost.
+    Crash,
 }
 
 impl Op {
@@ -128,6 +131,7 @@ impl Op {
         Op::Ioctl,
         Op::Poll,
         Op::Bmap,
+        Op::Crash,
     ];
 
     /// The name used in the trace (`"copy_file_range"`).
@@ -170,6 +174,7 @@ impl Op {
             Op::Ioctl => "ioctl",
             Op::Poll => "poll",
             Op::Bmap => "bmap",
+            Op::Crash => "crash",
         }
     }
 

@@ -253,11 +253,12 @@ pub fn text_line(e: &Event) -> String {
     s.push_str(" <");
     s.push_str(&duration(e.dur_ns));
     s.push('>');
-    if let Some(rule) = e.rule {
-        match &e.fault {
-            Some(what) => s.push_str(&format!(" [rule {rule}: {what}]")),
-            None => s.push_str(&format!(" [rule {rule}]")),
-        }
+    match (e.rule, &e.fault) {
+        (Some(rule), Some(what)) => s.push_str(&format!(" [rule {rule}: {what}]")),
+        (Some(rule), None) => s.push_str(&format!(" [rule {rule}]")),
+        // A crash says what it lost even when no rule fired it.
+        (None, Some(what)) if e.op == Op::Crash => s.push_str(&format!(" [{what}]")),
+        _ => {}
     }
     s
 }
@@ -513,7 +514,8 @@ fn args(e: &Event) -> Vec<String> {
         | Op::Setlk
         | Op::Ioctl
         | Op::Poll
-        | Op::Bmap => {
+        | Op::Bmap
+        | Op::Crash => {
             a.push(subject(e));
             fh(&mut a);
             if let Some(n) = e.size.filter(|_| e.op == Op::Forget) {

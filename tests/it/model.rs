@@ -828,6 +828,7 @@ impl FsDriver {
                 root_uid: 0,
                 root_gid: 0,
                 root_perm: 0o755,
+                model: Default::default(),
             }),
             slots: Default::default(),
         }
@@ -1327,6 +1328,7 @@ fn regression_enospc_write_does_not_grow_the_file() {
         root_uid: 0,
         root_gid: 0,
         root_perm: 0o755,
+        model: Default::default(),
     });
     let mk = |name: &str| {
         let (a, fh) = fs
