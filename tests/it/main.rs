@@ -4,6 +4,7 @@
 mod common;
 
 mod concurrency;
+mod crash;
 mod differential;
 mod docs;
 mod faults;
