@@ -48,7 +48,7 @@ def test_every_request_answered_before_the_call_is_included_without_waiting(moun
     # answered, and events() must show them all on the first call.
     script = "import sys\nfor i in range(200):\n    open(f'{sys.argv[1]}/f{i}', 'w').close()\n"
     child = subprocess.Popen([sys.executable, "-c", script, str(mounted.path)])
-    assert child.wait() == 0
+    assert child.wait(60) == 0
     creates = mounted.events(op="create", pid=child.pid)
     assert sorted(e.path for e in creates) == sorted(f"/f{i}" for i in range(200))
     # The same for this process's own last request.
@@ -63,7 +63,7 @@ def test_filters_select_by_op_path_glob_pid_comm_and_failure(mounted):
     (mounted / "logs" / "b.txt").write_text("b")
     assert not (mounted / "missing").exists()
     cat = subprocess.Popen(["cat", str(mounted / "logs" / "a.log")], stdout=subprocess.PIPE)
-    assert cat.communicate()[0] == b"a"
+    assert cat.communicate(timeout=30)[0] == b"a"
 
     paths = {e.path for e in mounted.events(op="create", path="/logs/*.log")}
     assert paths == {"/logs/a.log"}
@@ -137,6 +137,7 @@ def test_a_reader_that_takes_a_short_read_for_the_whole_file_loses_data(mounted)
         ["dd", f"if={mounted / 'record'}", "bs=10", "count=1", "status=none"],
         capture_output=True,
         check=True,
+        timeout=30,
     )
     assert out.stdout == b"0123"
     (read,) = mounted.events(op="read", comm="dd")
@@ -298,3 +299,16 @@ def test_the_package_runs_its_bundled_binary_unless_rawfs_names_another(monkeypa
 def test_a_model_the_daemon_does_not_know_is_its_error(fuse):
     with pytest.raises(rawfs.RawfsError, match=r"no-such-model|--model"):
         rawfs.mount(model="no-such-model")
+
+
+def test_two_mounts_at_once_keep_their_own_trees_traces_and_rules(fuse):
+    with rawfs.mount() as one, rawfs.mount() as two:
+        assert one.path != two.path
+        one.fault(match={"ops": ["create"]}, action={"errno": "EROFS"})
+        with pytest.raises(OSError, match="Read-only file system"):
+            (one / "f").write_text("1")
+        (two / "f").write_text("2")
+        assert [e.errno for e in one.events(op="create")] == ["EROFS"]
+        assert [e.errno for e in two.events(op="create")] == [None]
+        assert two.rules() == []
+        assert not (one / "f").exists()
