@@ -25,8 +25,7 @@ def test_the_doc_has_python_examples():
 @pytest.mark.parametrize(
     ("line", "code"), [pytest.param(n, c, id=f"python.md:{n}") for n, c in examples()]
 )
-def test_each_python_example_in_the_doc_passes(pytester, fuse, monkeypatch, line, code):
-    monkeypatch.delenv("RAWFS", raising=False)
+def test_each_python_example_in_the_doc_passes(pytester, fuse, line, code):
     pytester.makepyfile(**{f"test_python_md_line_{line}": code})
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
     outcomes = result.parseoutcomes()

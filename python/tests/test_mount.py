@@ -296,8 +296,12 @@ def test_the_package_runs_its_bundled_binary_unless_rawfs_names_another(monkeypa
         rawfs.binary()
 
 
-def test_a_model_the_daemon_does_not_know_is_its_error(fuse):
-    with pytest.raises(rawfs.RawfsError, match=r"no-such-model|--model"):
+def test_the_model_reaches_the_daemon_and_an_unknown_one_is_its_error(fuse):
+    with rawfs.mount(model="ext4-ordered") as m:
+        assert m._request("unsynced")["model"] == "ext4-ordered"
+    with rawfs.mount() as m:
+        assert m._request("unsynced")["model"] == "strict"
+    with pytest.raises(rawfs.RawfsError, match='unknown persistence model "no-such-model"'):
         rawfs.mount(model="no-such-model")
 
 
