@@ -30,3 +30,8 @@ pub use mount::{MountConfig, Mounted};
 #[cfg(doctest)]
 #[doc = include_str!("../docs/library.md")]
 pub struct LibraryGuide;
+
+/// The Rust example of docs/crash.md, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/crash.md")]
+pub struct CrashGuide;

@@ -162,6 +162,8 @@ struct Unsynced {
     data: Option<FileData>,
     /// Changes to the contents since, in order.
     changes: Vec<DataChange>,
+    /// The change log outgrew [`MAX_CHANGES`]: the unsynced contents count as one change.
+    coarse: bool,
     /// Names of a directory that changed since.
     names: BTreeMap<OsString, NameLog>,
     /// The node left the live tree while a durable name may still point to it: its last live
@@ -174,6 +176,11 @@ impl Unsynced {
         self.meta.is_none() && self.data.is_none() && self.names.is_empty() && self.gone.is_none()
     }
 }
+
+/// Most changes logged per file between syncs. Past it the log is dropped (its pages would
+/// keep every overwritten version alive), and partial crashes keep or lose the file's
+/// unsynced contents as a whole.
+pub const MAX_CHANGES: usize = 4096;
 
 /// The durable state's bookkeeping, inside the tree's lock.
 #[derive(Debug, Default)]
@@ -227,7 +234,13 @@ impl Durable {
     /// Called after a file's contents changed (after [`Durable::data_changing`]).
     pub(super) fn data_changed(&mut self, ino: u64, change: DataChange) {
         if let Some(u) = self.nodes.get_mut(&ino) {
-            u.changes.push(change);
+            if u.changes.len() >= MAX_CHANGES {
+                u.coarse = true;
+                u.changes = Vec::new();
+            }
+            if !u.coarse {
+                u.changes.push(change);
+            }
         }
     }
 
@@ -274,7 +287,8 @@ impl Durable {
     pub(super) fn fsync_file(&mut self, ino: u64, datasync: bool) {
         if let Some(u) = self.nodes.get_mut(&ino) {
             u.data = None;
-            u.changes.clear();
+            u.changes = Vec::new();
+            u.coarse = false;
             if !datasync {
                 u.meta = None;
             }
@@ -304,7 +318,8 @@ impl Durable {
         if self.model == Model::Ext4Ordered {
             if let Some(u) = self.nodes.get_mut(&src) {
                 u.data = None;
-                u.changes.clear();
+                u.changes = Vec::new();
+                u.coarse = false;
             }
             self.tidy(src);
         }
@@ -612,7 +627,22 @@ pub(super) fn plan(
                 a.meta = Some(meta.clone());
             }
         }
-        if let Some(saved) = &u.data {
+        let live_data = match live.get(&ino).or(u.gone.as_deref()).map(|n| &n.body) {
+            Some(Body::File(f)) => Some(f),
+            _ => None,
+        };
+        if let (Some(saved), Some(now), true) = (&u.data, live_data, u.coarse) {
+            // One change: the live contents survive whole, or the durable ones do.
+            let data = if draw.keep_data() {
+                now.clone()
+            } else {
+                loss.lost.push((0, now.size()));
+                saved.clone()
+            };
+            loss.size = now.size();
+            loss.size_after = data.size();
+            a.data = Some(data);
+        } else if let Some(saved) = &u.data {
             let mut data = saved.clone();
             let mut budget = Space::unlimited();
             for c in &u.changes {
@@ -635,10 +665,7 @@ pub(super) fn plan(
                     DataChange::Size(_) | DataChange::Zero { .. } => {}
                 }
             }
-            loss.size = match live.get(&ino).or(u.gone.as_deref()).map(|n| &n.body) {
-                Some(Body::File(f)) => f.size(),
-                _ => 0,
-            };
+            loss.size = live_data.map_or(0, FileData::size);
             loss.size_after = data.size();
             a.data = Some(data);
         }

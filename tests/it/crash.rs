@@ -715,3 +715,32 @@ fn a_crash_takes_no_time_to_speak_of_for_a_small_tree() {
     );
     assert_eq!(t.names().len(), 2000);
 }
+
+#[test]
+fn a_file_rewritten_past_the_log_limit_survives_whole_or_not_at_all() {
+    for seed in 0..8 {
+        let t = Tree::new(Model::Strict);
+        let fh = t.create("f", b"durable!");
+        t.0.fsync(fh, false).expect("fsync");
+        let dir = t.0.opendir(ROOT, 0).expect("opendir");
+        t.0.fsync(dir, false).expect("fsyncdir");
+        for i in 0..(rawfs::fs::durable::MAX_CHANGES + 10) {
+            t.0.write(&ROOTC, fh, 0, format!("{:08}", i % 100_000_000).as_bytes())
+                .expect("write");
+        }
+        let last = format!("{:08}", rawfs::fs::durable::MAX_CHANGES + 9);
+        t.0.crash(CrashOptions {
+            keep: Keep::Random,
+            seed,
+            torn: None,
+        });
+        let attr = t.0.lookup(ROOT, OsStr::new("f")).expect("f survives");
+        let fh = t.0.open(attr.ino, libc::O_RDONLY).expect("open");
+        let got = t.0.read(fh, 0, 64).expect("read");
+        assert!(
+            got == b"durable!" || got == last.as_bytes(),
+            "seed {seed}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+}
