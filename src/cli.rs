@@ -1,6 +1,7 @@
 //! The command line: parses arguments into a validated configuration, then runs one command.
 
 mod crash;
+mod explore;
 mod faults;
 mod inspect;
 
@@ -129,6 +130,12 @@ enum Cmd {
     /// goes on serving for the program's recovery. Also: what a crash would lose
     /// (--dry-run), or a crash image written to a directory (--to).
     Crash(crash::CrashArgs),
+    /// Find crash bugs: run WORKLOAD once on a fresh mount, then check every crash state it
+    /// could have left (under --model) with CHECKER, run in each state's directory.
+    ///
+    /// Exits 0 when every state passes, 1 when some fail, 2 for a usage error or a workload
+    /// that failed. docs/explore.md walks through examples.
+    Explore(explore::ExploreArgs),
     /// Show a mount's daemon: uptime, requests served, trace counters, tree size.
     Status {
         /// The mount point.
@@ -250,6 +257,7 @@ impl MountArgs {
                 .map(|f| f.rules.clone())
                 .unwrap_or_default(),
             model: self.model,
+            record_states: false,
         }
     }
 
@@ -342,6 +350,7 @@ pub fn main() -> ExitCode {
         Cmd::Check { source, json } => inspect::check(&source, json).unwrap_or_else(fail),
         Cmd::Fault { cmd } => faults::run(cmd).unwrap_or_else(fail),
         Cmd::Crash(args) => crash::run(&args).unwrap_or_else(fail),
+        Cmd::Explore(args) => explore::run(&args),
         Cmd::Status { mountpoint, json } => inspect::status(&mountpoint, json).unwrap_or_else(fail),
     }
 }

@@ -15,6 +15,7 @@ pub mod data;
 pub mod dir;
 pub mod durable;
 mod image;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -28,7 +29,7 @@ use crate::errno::Errno;
 use crate::text::PathText;
 use data::{FileData, PAGE, Space};
 use dir::Dir;
-use durable::{CrashOptions, DataChange, Durable, Losses, Model};
+use durable::{Choice, CrashOptions, DataChange, Durable, Losses, Model};
 
 /// Inode number of the root directory.
 pub const ROOT: u64 = 1;
@@ -283,7 +284,7 @@ struct State {
     stale: FxHashSet<u64>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Node {
     kind: Kind,
     perm: u16,
@@ -305,7 +306,7 @@ struct Node {
     links: Vec<(u64, OsString)>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Body {
     File(FileData),
     Dir(Dir),
@@ -451,6 +452,49 @@ impl Node {
             }
         }
     }
+}
+
+/// The path of `ino` in `nodes` by its first name, followed by `last` if given, or `None` if
+/// `ino` has no name left.
+fn path_in(nodes: &FxHashMap<u64, Node>, ino: u64, last: Option<&OsStr>) -> Option<PathText> {
+    // Names from `ino` up; on the stack unless the tree is deep.
+    const SHALLOW: usize = 16;
+    let mut shallow = [OsStr::new(""); SHALLOW];
+    let mut deep: Vec<&OsStr> = Vec::new();
+    let mut n = 0;
+    let mut push = |name| {
+        if n < SHALLOW {
+            shallow[n] = name;
+        } else {
+            if deep.is_empty() {
+                deep.extend_from_slice(&shallow);
+            }
+            deep.push(name);
+        }
+        n += 1;
+    };
+    if let Some(last) = last {
+        push(last);
+    }
+    let mut cur = ino;
+    for depth in 0.. {
+        if cur == ROOT {
+            break;
+        }
+        if depth > 4096 {
+            return None;
+        }
+        let (parent, name) = nodes.get(&cur)?.links.first()?;
+        push(name);
+        cur = *parent;
+    }
+    let names = if n <= SHALLOW {
+        &mut shallow[..n]
+    } else {
+        &mut deep[..]
+    };
+    names.reverse();
+    Some(PathText::from_names(names))
 }
 
 impl State {
@@ -630,44 +674,7 @@ impl State {
     /// The path of `ino` inside the mount by its first name, followed by `last` if given, or
     /// `None` if `ino` has no name left.
     fn path_of(&self, ino: u64, last: Option<&OsStr>) -> Option<PathText> {
-        // Names from `ino` up; on the stack unless the tree is deep.
-        const SHALLOW: usize = 16;
-        let mut shallow = [OsStr::new(""); SHALLOW];
-        let mut deep: Vec<&OsStr> = Vec::new();
-        let mut n = 0;
-        let mut push = |name| {
-            if n < SHALLOW {
-                shallow[n] = name;
-            } else {
-                if deep.is_empty() {
-                    deep.extend_from_slice(&shallow);
-                }
-                deep.push(name);
-            }
-            n += 1;
-        };
-        if let Some(last) = last {
-            push(last);
-        }
-        let mut cur = ino;
-        for depth in 0.. {
-            if cur == ROOT {
-                break;
-            }
-            if depth > 4096 {
-                return None;
-            }
-            let (parent, name) = self.nodes.get(&cur)?.links.first()?;
-            push(name);
-            cur = *parent;
-        }
-        let names = if n <= SHALLOW {
-            &mut shallow[..n]
-        } else {
-            &mut deep[..]
-        };
-        names.reverse();
-        Some(PathText::from_names(names))
+        path_in(&self.nodes, ino, last)
     }
 
     fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> bool {
@@ -1315,7 +1322,13 @@ impl Fs {
             return Losses::default();
         }
         let path = |i: u64| s.path_of(i, None).map(|p| p.as_str().to_string());
-        durable::plan(&s.nodes, &s.durable, CrashOptions::default(), &path).losses
+        durable::plan(
+            &s.nodes,
+            &s.durable,
+            Choice::Draw(CrashOptions::default()),
+            &path,
+        )
+        .losses
     }
 
     /// Writes the tree a crash under `opts` would leave into the real directory `dir` (missing
@@ -1328,7 +1341,7 @@ impl Fs {
         let outcome = {
             let s = self.lock();
             let path = |i: u64| s.path_of(i, None).map(|p| p.as_str().to_string());
-            durable::plan(&s.nodes, &s.durable, opts, &path)
+            durable::plan(&s.nodes, &s.durable, Choice::Draw(opts), &path)
         };
         image::write(&outcome.nodes, dir)?;
         Ok(outcome.losses)
@@ -1343,7 +1356,7 @@ impl Fs {
         let outcome = {
             let st = &*s;
             let path = |i: u64| st.path_of(i, None).map(|p| p.as_str().to_string());
-            durable::plan(&st.nodes, &st.durable, opts, &path)
+            durable::plan(&st.nodes, &st.durable, Choice::Draw(opts), &path)
         };
         for nodes in [&s.nodes, &outcome.nodes] {
             for (&ino, n) in nodes {

@@ -63,6 +63,8 @@ pub struct RawFs {
     unrecorded: Arc<AtomicU64>,
     /// Cuts the power for crash rules.
     power: Arc<Power>,
+    /// The power switch keeps the tree after each request (`rawfs explore`).
+    record_states: bool,
 }
 
 fn ino(i: INodeNo) -> u64 {
@@ -210,6 +212,7 @@ impl RawFs {
             faults,
             who: WhoCache::default(),
             unrecorded,
+            record_states: power.records_states(),
             power,
         }
     }
@@ -311,6 +314,9 @@ impl RawFs {
         rec.stop(p);
         answer(result);
         rec.finish(p);
+        if self.record_states {
+            self.power.after_request(p.event.seq);
+        }
         self.crash_after(hit.as_deref(), &p.event);
     }
 

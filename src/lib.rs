@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod control;
 pub mod errno;
+pub mod explore;
 pub mod fault;
 pub mod fs;
 pub mod fuse;

@@ -39,6 +39,9 @@ pub struct MountConfig {
     pub faults: Vec<Rule>,
     /// What a sync makes durable, for crash simulation (docs/crash.md).
     pub model: Model,
+    /// Keep the tree after every request that changes it, for `rawfs explore` (needs
+    /// recording on and one thread, so that each state follows exactly one request).
+    pub record_states: bool,
 }
 
 impl Default for MountConfig {
@@ -50,6 +53,7 @@ impl Default for MountConfig {
             trace: TraceConfig::default(),
             faults: Vec::new(),
             model: Model::default(),
+            record_states: false,
         }
     }
 }
@@ -208,7 +212,11 @@ impl Mounted {
             .map_err(|e| MountError(format!("bad fault rule: {e}")))?;
         let unrecorded = Arc::new(AtomicU64::new(0));
         let abs = crate::registry::absolute(mountpoint).unwrap_or(mountpoint.to_path_buf());
-        let power = Arc::new(Power::new(fs.clone(), recorder.clone(), &abs));
+        let mut power = Power::new(fs.clone(), recorder.clone(), &abs);
+        if config.record_states {
+            power = power.recording_states();
+        }
+        let power = Arc::new(power);
         let adapter = RawFs::new(
             fs.clone(),
             config.cache,

@@ -230,6 +230,19 @@ impl FileData {
         Some(offset.max(idx * PAGE).min(self.size))
     }
 
+    /// Hashes what reading the file returns: its size and the bytes of its pages that are not
+    /// all zeros (a hole and a page of zeros read the same).
+    pub fn hash_contents(&self, h: &mut impl std::hash::Hasher) {
+        use std::hash::Hash;
+        self.size.hash(h);
+        for (idx, page) in &self.pages {
+            if page.iter().any(|&b| b != 0) {
+                idx.hash(h);
+                page[..].hash(h);
+            }
+        }
+    }
+
     /// Releases every page (the file is gone).
     pub fn clear(&mut self, budget: &mut Space) {
         budget.give_back(self.pages.len() as u64);

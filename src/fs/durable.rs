@@ -145,7 +145,7 @@ pub(super) enum DataChange {
 }
 
 /// One name's history since its directory was last made durable.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct NameLog {
     /// The inode the durable directory binds the name to.
     durable: Option<u64>,
@@ -154,14 +154,14 @@ struct NameLog {
 }
 
 /// What changed in one node since it was last made durable.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Unsynced {
     /// Durable attributes, with the order of the first change since.
     meta: Option<(u64, Meta)>,
     /// Durable contents.
     data: Option<FileData>,
-    /// Changes to the contents since, in order.
-    changes: Vec<DataChange>,
+    /// Changes to the contents since, in order, each with its change order.
+    changes: Vec<(u64, DataChange)>,
     /// The change log outgrew [`MAX_CHANGES`]: the unsynced contents count as one change.
     coarse: bool,
     /// Names of a directory that changed since.
@@ -183,15 +183,18 @@ impl Unsynced {
 pub const MAX_CHANGES: usize = 4096;
 
 /// The durable state's bookkeeping, inside the tree's lock.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Durable {
     pub(super) model: Model,
     nodes: FxHashMap<u64, Unsynced>,
     /// How many name logs mention each inode (durable binding or change): a node that leaves
     /// the live tree is kept while this is non-zero.
     refs: FxHashMap<u64, u32>,
-    /// Orders metadata changes (ext4-ordered commits them as a prefix).
+    /// Numbers every change in the order it was made (ext4-ordered commits metadata changes
+    /// as a prefix of this order).
     order: u64,
+    /// Counts syncs that made something durable.
+    syncs: u64,
 }
 
 impl Durable {
@@ -233,13 +236,14 @@ impl Durable {
 
     /// Called after a file's contents changed (after [`Durable::data_changing`]).
     pub(super) fn data_changed(&mut self, ino: u64, change: DataChange) {
+        let order = self.next_order();
         if let Some(u) = self.nodes.get_mut(&ino) {
             if u.changes.len() >= MAX_CHANGES {
                 u.coarse = true;
                 u.changes = Vec::new();
             }
             if !u.coarse {
-                u.changes.push(change);
+                u.changes.push((order, change));
             }
         }
     }
@@ -268,6 +272,7 @@ impl Durable {
 
     /// A write through an O_SYNC or O_DSYNC handle: durable when it returns.
     pub(super) fn synced_write(&mut self, ino: u64, live: &FileData, offset: u64, len: u64) {
+        self.syncs += 1;
         if let Some(saved) = self.nodes.get_mut(&ino).and_then(|u| u.data.as_mut()) {
             saved.apply(&live.extent(offset, len), len, &mut Space::unlimited());
         }
@@ -283,8 +288,19 @@ impl Durable {
         }
     }
 
+    /// The order of the last change made.
+    pub(super) fn last_order(&self) -> u64 {
+        self.order
+    }
+
+    /// A number that changes whenever the tree or its durable state does.
+    pub(super) fn generation(&self) -> u64 {
+        self.order + self.syncs
+    }
+
     /// fsync (or, with `datasync`, fdatasync) of file `ino`.
     pub(super) fn fsync_file(&mut self, ino: u64, datasync: bool) {
+        self.syncs += 1;
         if let Some(u) = self.nodes.get_mut(&ino) {
             u.data = None;
             u.changes = Vec::new();
@@ -301,6 +317,7 @@ impl Durable {
 
     /// fsync of directory `ino`.
     pub(super) fn fsync_dir(&mut self, ino: u64) {
+        self.syncs += 1;
         if self.model == Model::Ext4Ordered {
             self.commit_metadata();
             return;
@@ -429,33 +446,135 @@ pub struct NameLoss {
     pub after_ino: Option<u64>,
 }
 
-/// Decisions for a partial crash, drawn in a fixed order from one seed.
+/// Which unsynced changes a crash state keeps: a crash's draw, or one of the systematic
+/// states that exploring a workload goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// As `rawfs crash` does: keep none, or a seeded random subset, maybe torn.
+    Draw(CrashOptions),
+    /// Every unsynced change survives but the one with this order. Under ext4-ordered a
+    /// metadata change that is lost takes every later metadata change with it.
+    AllBut(u64),
+    /// Every unsynced change survives, but the write with this order keeps only its first
+    /// `keep` bytes.
+    Torn {
+        /// The write's change order.
+        order: u64,
+        /// Bytes of it that survive.
+        keep: u64,
+    },
+}
+
+/// The kind of one unsynced change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A node's attributes (its first change since it was last durable).
+    Attrs,
+    /// A directory entry: the name, and the inode it then pointed to.
+    Name(OsString, Option<u64>),
+    /// Bytes written: offset and length.
+    Write(u64, u64),
+    /// The size set.
+    Size(u64),
+    /// A hole punched.
+    Zero,
+}
+
+/// One unsynced change, for exploring crash states.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// When it was made, among all changes.
+    pub order: u64,
+    /// The node it changed (the directory, for a name).
+    pub ino: u64,
+    /// What it changed.
+    pub kind: ChangeKind,
+}
+
+impl Durable {
+    /// Every logged unsynced change, in the order they were made.
+    pub(super) fn changes(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        for (&ino, u) in &self.nodes {
+            if let Some((order, _)) = &u.meta {
+                out.push(Change {
+                    order: *order,
+                    ino,
+                    kind: ChangeKind::Attrs,
+                });
+            }
+            for (name, log) in &u.names {
+                for &(order, to) in &log.changes {
+                    out.push(Change {
+                        order,
+                        ino,
+                        kind: ChangeKind::Name(name.clone(), to),
+                    });
+                }
+            }
+            for (order, c) in &u.changes {
+                let kind = match c {
+                    DataChange::Write(e) => ChangeKind::Write(e.offset, e.len),
+                    DataChange::Size(s) => ChangeKind::Size(*s),
+                    DataChange::Zero { .. } => ChangeKind::Zero,
+                };
+                out.push(Change {
+                    order: *order,
+                    ino,
+                    kind,
+                });
+            }
+        }
+        out.sort_by_key(|c| c.order);
+        out
+    }
+
+    /// The orders of metadata changes (attributes and names), sorted.
+    fn metadata_orders(&self, inos: &[u64]) -> Vec<u64> {
+        let mut orders: Vec<u64> = Vec::new();
+        for ino in inos {
+            let u = &self.nodes[ino];
+            orders.extend(u.meta.as_ref().map(|m| m.0));
+            orders.extend(u.names.values().flat_map(|l| l.changes.iter().map(|c| c.0)));
+        }
+        orders.sort_unstable();
+        orders
+    }
+}
+
+/// Decisions for a crash, drawn in a fixed order from one seed (or fixed by the choice).
 struct Draw {
     state: u64,
-    opts: CrashOptions,
+    choice: Choice,
     model: Model,
     /// ext4-ordered: metadata changes with an order below this are kept.
     cut: u64,
 }
 
 impl Draw {
-    fn new(opts: CrashOptions, d: &Durable, inos: &[u64]) -> Draw {
-        let mut draw = Draw {
-            state: opts.seed ^ 0x5241_5746_5321_u64,
-            opts,
-            model: d.model,
-            cut: 0,
+    fn new(choice: Choice, d: &Durable, inos: &[u64]) -> Draw {
+        let seed = match choice {
+            Choice::Draw(o) => o.seed,
+            _ => 0,
         };
-        if d.model == Model::Ext4Ordered && opts.keep == Keep::Random {
-            let mut orders: Vec<u64> = Vec::new();
-            for ino in inos {
-                let u = &d.nodes[ino];
-                orders.extend(u.meta.as_ref().map(|m| m.0));
-                orders.extend(u.names.values().flat_map(|l| l.changes.iter().map(|c| c.0)));
+        let mut draw = Draw {
+            state: seed ^ 0x5241_5746_5321_u64,
+            choice,
+            model: d.model,
+            cut: u64::MAX,
+        };
+        if d.model == Model::Ext4Ordered {
+            match choice {
+                Choice::Draw(o) if o.keep == Keep::Random => {
+                    let orders = d.metadata_orders(inos);
+                    let i = draw.below(orders.len() as u64 + 1) as usize;
+                    draw.cut = orders.get(i).copied().unwrap_or(u64::MAX);
+                }
+                Choice::AllBut(lost) if d.metadata_orders(inos).contains(&lost) => {
+                    draw.cut = lost;
+                }
+                _ => {}
             }
-            orders.sort_unstable();
-            let i = draw.below(orders.len() as u64 + 1) as usize;
-            draw.cut = orders.get(i).copied().unwrap_or(u64::MAX);
         }
         draw
     }
@@ -475,22 +594,33 @@ impl Draw {
 
     /// Whether a metadata change of this order survives.
     fn keep_meta(&mut self, order: u64) -> bool {
-        match (self.opts.keep, self.model) {
-            (Keep::None, _) => false,
-            (Keep::Random, Model::Ext4Ordered) => order < self.cut,
-            (Keep::Random, Model::Strict) => self.next() & 1 == 1,
+        match (self.choice, self.model) {
+            (Choice::Draw(o), _) if o.keep == Keep::None => false,
+            (Choice::Draw(_), Model::Ext4Ordered) => order < self.cut,
+            (Choice::Draw(_), Model::Strict) => self.next() & 1 == 1,
+            (Choice::AllBut(lost), _) => order != lost && order < self.cut,
+            (Choice::Torn { .. }, _) => true,
         }
     }
 
     /// Whether a change to file contents survives.
-    fn keep_data(&mut self) -> bool {
-        self.opts.keep == Keep::Random && self.next() & 1 == 1
+    fn keep_data(&mut self, order: u64) -> bool {
+        match self.choice {
+            Choice::Draw(o) => o.keep == Keep::Random && self.next() & 1 == 1,
+            Choice::AllBut(lost) => order != lost,
+            Choice::Torn { order: torn, .. } => order != torn,
+        }
     }
 
     /// How much of a lost write of `len` bytes at `offset` survives: a prefix ending on a
     /// multiple of the torn unit, shorter than the write (0 without `torn`).
-    fn torn(&mut self, offset: u64, len: u64) -> u64 {
-        let Some(unit) = self.opts.torn.filter(|&u| u > 0) else {
+    fn torn(&mut self, order: u64, offset: u64, len: u64) -> u64 {
+        let opts = match self.choice {
+            Choice::Draw(o) => o,
+            Choice::Torn { order: o, keep } if o == order => return keep.min(len),
+            _ => return 0,
+        };
+        let Some(unit) = opts.torn.filter(|&u| u > 0) else {
             return 0;
         };
         let end = offset + len;
@@ -601,12 +731,12 @@ fn kind_name(k: Kind) -> &'static str {
 pub(super) fn plan(
     live: &FxHashMap<u64, Node>,
     d: &Durable,
-    opts: CrashOptions,
+    choice: Choice,
     path: &dyn Fn(u64) -> Option<String>,
 ) -> Outcome {
     let mut inos: Vec<u64> = d.nodes.keys().copied().collect();
     inos.sort_unstable();
-    let mut draw = Draw::new(opts, d, &inos);
+    let mut draw = Draw::new(choice, d, &inos);
     let mut after: FxHashMap<u64, After> = FxHashMap::default();
     let mut losses = Losses::default();
     for &ino in &inos {
@@ -633,7 +763,8 @@ pub(super) fn plan(
         };
         if let (Some(saved), Some(now), true) = (&u.data, live_data, u.coarse) {
             // One change: the live contents survive whole, or the durable ones do.
-            let data = if draw.keep_data() {
+            let whole = u.changes.first().map_or(0, |c| c.0);
+            let data = if draw.keep_data(whole) {
                 now.clone()
             } else {
                 loss.lost.push((0, now.size()));
@@ -645,12 +776,12 @@ pub(super) fn plan(
         } else if let Some(saved) = &u.data {
             let mut data = saved.clone();
             let mut budget = Space::unlimited();
-            for c in &u.changes {
-                let kept = draw.keep_data();
+            for (order, c) in &u.changes {
+                let kept = draw.keep_data(*order);
                 match c {
                     DataChange::Write(e) if kept => data.apply(e, e.len, &mut budget),
                     DataChange::Write(e) => {
-                        let part = draw.torn(e.offset, e.len);
+                        let part = draw.torn(*order, e.offset, e.len);
                         data.apply(e, part, &mut budget);
                         if part > 0 {
                             loss.torn.push((e.offset, part, e.len));

@@ -12,6 +12,7 @@ use fuser::{INodeNo, Notifier};
 use log::{info, warn};
 
 use crate::fs::durable::{CrashOptions, Keep, Losses};
+use crate::fs::snapshot::Snapshot;
 use crate::fs::{Fs, Stale};
 use crate::trace::recorder::Recorder;
 use crate::trace::{Event, Op};
@@ -29,6 +30,17 @@ pub struct Power {
     notifier: OnceLock<Notifier>,
     /// One crash at a time.
     lock: Mutex<()>,
+    /// With state recording on (`rawfs explore`), the tree after every request that changed
+    /// it or its durable state.
+    states: Option<Mutex<States>>,
+}
+
+/// The tree after each request that changed it, for exploring crash states.
+#[derive(Debug, Default)]
+pub struct States {
+    /// (sequence number of the request, the tree and its durable state after it), in order.
+    pub points: Vec<(u64, Snapshot)>,
+    last_generation: Option<u64>,
 }
 
 /// Who cut the power, for the trace.
@@ -51,6 +63,41 @@ impl Power {
             mountpoint: mountpoint.to_path_buf(),
             notifier: OnceLock::new(),
             lock: Mutex::new(()),
+            states: None,
+        }
+    }
+
+    /// Also keeps the tree after every request that changes it (see [`Power::after_request`]).
+    pub fn recording_states(mut self) -> Power {
+        let mut states = States::default();
+        states.points.push((0, self.fs.snapshot()));
+        states.last_generation = Some(self.fs.generation());
+        self.states = Some(Mutex::new(states));
+        self
+    }
+
+    /// True if states are recorded: the adapter then calls [`Power::after_request`].
+    pub fn records_states(&self) -> bool {
+        self.states.is_some()
+    }
+
+    /// Called after request `seq` was answered: keeps the tree if the request changed it. Exact
+    /// only if requests are served one at a time (one session thread).
+    pub fn after_request(&self, seq: u64) {
+        let Some(states) = &self.states else { return };
+        let mut st = states.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.fs.generation();
+        if st.last_generation != Some(generation) {
+            st.last_generation = Some(generation);
+            st.points.push((seq, self.fs.snapshot()));
+        }
+    }
+
+    /// The recorded states so far (empty unless recording states).
+    pub fn take_states(&self) -> Vec<(u64, Snapshot)> {
+        match &self.states {
+            Some(s) => std::mem::take(&mut s.lock().unwrap_or_else(|e| e.into_inner()).points),
+            None => Vec::new(),
         }
     }
 
