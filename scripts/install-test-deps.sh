@@ -22,6 +22,7 @@ PACKAGES=(
     ca-certificates  # cargo talking to crates.io over TLS
     mount            # mount, umount
     util-linux       # findmnt, mountpoint
+    sqlite3          # the sqlite3 shell, for checkers in crash-exploration tests
 )
 
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }

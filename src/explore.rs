@@ -306,7 +306,12 @@ pub fn record(o: &Options) -> Result<Recording, Error> {
     let stderr = err_reader.join().unwrap_or_default();
     recorder.store().sync(Duration::from_secs(5));
     let (events, _) = recorder.store().since(0);
-    let points = mounted.power().take_states();
+    let mut points = mounted.power().take_states();
+    // The power may also go after the workload ended, when it has told its user everything.
+    let last = recorder.requests();
+    if points.last().is_none_or(|p| p.0 < last) {
+        points.push((last, mounted.fs().snapshot()));
+    }
     let _ = mounted.unmount();
     if !status.success() {
         return Err(Error(format!(
@@ -675,22 +680,20 @@ pub fn replay(o: &Options, rec: &Recording, id: &str) -> Result<(CrashState, Str
     let digits = head.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let seq: u64 = head[..digits].parse().map_err(|_| bad())?;
     let spec = Spec::parse(&head[digits..]).ok_or_else(bad)?;
-    let point = rec
-        .points
-        .iter()
-        .position(|(s, _)| *s == seq)
-        .ok_or_else(|| {
-            Error(format!(
-                "request #{seq} changed nothing in this run of the workload: it did not repeat the run that reported {id}"
-            ))
-        })?;
-    let p = Planned { point, spec };
-    let state = rec.state(p, o.sector);
-    if state.fingerprint() as u32 != fp {
+    // Request numbers can shift between runs (the kernel's own lookups and forgets vary):
+    // the point with the same number is tried first, then every point, by the fingerprint.
+    let same = rec.points.iter().position(|(s, _)| *s == seq);
+    let found = same
+        .into_iter()
+        .chain(0..rec.points.len())
+        .map(|point| Planned { point, spec })
+        .map(|p| (p, rec.state(p, o.sector)))
+        .find(|(_, state)| state.fingerprint() as u32 == fp);
+    let Some((p, state)) = found else {
         return Err(Error(format!(
-            "this run of the workload left another tree at #{seq} than the run that reported {id}: it does not repeat itself"
+            "this run of the workload left no state like {id}: it does not repeat itself"
         )));
-    }
+    };
     Ok((state, rec.describe(p, o.sector).0))
 }
 

@@ -7,6 +7,7 @@ mod concurrency;
 mod crash;
 mod differential;
 mod docs;
+mod explore;
 mod faults;
 mod hardening;
 mod lifecycle;
