@@ -69,8 +69,10 @@ enum Cmd {
     },
     /// Run CMD with a fresh rawfs mount as its working directory, then unmount.
     ///
-    /// The mount point is also in $RAWFS_MOUNT. Exits with CMD's status (128+N if a
-    /// signal N killed it).
+    /// The mount point is also in $RAWFS_MOUNT. CMD runs in the mount, so a relative path to
+    /// a script (`./test.sh`) does not reach it: give "$PWD/test.sh". Exits with CMD's status
+    /// (128+N if a signal N killed it). SIGINT, SIGTERM and SIGHUP sent to rawfs run are
+    /// passed on to CMD; rawfs run then unmounts and exits with 128+N.
     Run {
         /// After CMD ends, keep the mount until Ctrl-C or `rawfs umount`, to look around.
         #[arg(long)]
@@ -306,6 +308,7 @@ pub fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
         .init();
+    quiet_closed_stdout();
     let opts = match &cli.command {
         Cmd::Mount { opts, .. } | Cmd::Run { opts, .. } => Some(opts),
         _ => None,
@@ -353,6 +356,59 @@ pub fn main() -> ExitCode {
         Cmd::Explore(args) => explore::run(&args),
         Cmd::Status { mountpoint, json } => inspect::status(&mountpoint, json).unwrap_or_else(fail),
     }
+}
+
+/// Ends the command quietly because its standard output was closed (`rawfs status | head
+/// -1`): by the SIGPIPE a write would have brought, as coreutils end, with no message.
+pub(crate) fn stdout_closed() -> ! {
+    // SAFETY: restoring a default disposition and raising a signal have no memory effects.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(128 + libc::SIGPIPE)
+}
+
+/// `println!` for command output: a closed standard output ends the command quietly
+/// ([`stdout_closed`]) instead of panicking; another write error ends it with the reason.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
+/// Writes one line of command output (see [`outln`]).
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            stdout_closed();
+        }
+        eprintln!("rawfs: writing the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// A `println!` elsewhere that meets a closed standard output panics with "failed printing
+/// to stdout": end quietly then too, not with a panic message and a backtrace.
+fn quiet_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            stdout_closed();
+        }
+        default(info)
+    }));
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -440,13 +496,9 @@ fn spawn_daemon(mountpoint: &Path, opts: &MountArgs) -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(format!("cannot use the runtime directory: {e}")),
     };
-    let log = match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(entry.log_file())
-    {
+    let log = match entry.open_log() {
         Ok(f) => f,
-        Err(e) => return fail(format!("cannot open {}: {e}", entry.log_file().display())),
+        Err(e) => return fail(format!("cannot open the daemon's log {e}")),
     };
     let exe = match std::env::current_exe() {
         Ok(p) => p,
@@ -504,6 +556,8 @@ fn umount(mountpoint: &Path, lazy: bool) -> ExitCode {
     }
     // Requests held by fault rules would keep their processes, and so the mount, busy.
     if let Ok(mut c) = crate::control::Client::connect(mountpoint) {
+        // A daemon that does not answer (stopped) must not keep the unmount waiting.
+        let _ = c.set_timeout(Some(Duration::from_secs(2)));
         let _ = c.request(&crate::control::Command::Release {
             hold: None,
             rule: None,
@@ -557,7 +611,23 @@ fn umount(mountpoint: &Path, lazy: bool) -> ExitCode {
     if let Some(e) = &entry {
         e.remove();
     }
+    remove_if_temporary(mountpoint);
     ExitCode::SUCCESS
+}
+
+/// Removes a mount point `rawfs run` (or a `TempMount`) created and could not remove itself,
+/// because it was killed: an empty `rawfs-mnt-*` directory right in the temp directory.
+fn remove_if_temporary(mountpoint: &Path) {
+    let Ok(abs) = registry::absolute(mountpoint) else {
+        return;
+    };
+    let ours = abs.parent() == std::env::temp_dir().canonicalize().ok().as_deref()
+        && abs
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("rawfs-mnt-"));
+    if ours && std::fs::remove_dir(&abs).is_ok() {
+        eprintln!("rawfs: removed the temporary mount point {}", abs.display());
+    }
 }
 
 /// How long `rawfs umount` waits for a daemon finishing its trace file (the daemon itself
@@ -637,19 +707,24 @@ fn run(config: &MountConfig, keep: bool, report: &Report, command: &[OsString]) 
             Ok(())
         });
     }
-    let status = cmd.status();
-    let code = match status {
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(c), _) => c,
-            (None, Some(sig)) => 128 + sig,
-            _ => 1,
-        },
+    let (code, signalled) = match cmd.spawn() {
+        Ok(child) => wait_forwarding(child, &set),
         Err(e) => {
-            eprintln!("rawfs: cannot run {}: {e}", command[0].to_string_lossy());
-            127
+            let name = command[0].to_string_lossy();
+            let hint = if Path::new(&command[0]).is_relative() && name.contains('/') {
+                format!(
+                    " (CMD runs in the new mount, an empty directory: give {name} as an \
+                     absolute path, such as \"$PWD/{}\")",
+                    name.trim_start_matches("./")
+                )
+            } else {
+                String::new()
+            };
+            eprintln!("rawfs: cannot run {name}: {e}{hint}");
+            (127, None)
         }
     };
-    if keep {
+    if keep && signalled.is_none() {
         // A Ctrl-C meant for the command is pending here too: it must not end the keep phase.
         drain_signals(&set);
         eprintln!(
@@ -669,7 +744,48 @@ fn run(config: &MountConfig, keep: bool, report: &Report, command: &[OsString]) 
             eprintln!("rawfs: printing the trace: {e}");
         }
     }
+    // Stopped by a signal, rawfs run ends as a process killed by it would be reported.
+    let code = signalled.map_or(code, |sig| 128 + sig);
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// Waits for the command, passing on the stop signals sent to rawfs run itself. Returns the
+/// command's exit code (128+N if signal N killed it) and the stop signal rawfs run got, if any.
+fn wait_forwarding(mut child: std::process::Child, set: &libc::sigset_t) -> (i32, Option<i32>) {
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 20_000_000,
+    };
+    let mut signalled = None;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => {
+                let code = match (s.code(), s.signal()) {
+                    (Some(c), _) => c,
+                    (None, Some(sig)) => 128 + sig,
+                    _ => 1,
+                };
+                return (code, signalled);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("rawfs: waiting for the command: {e}");
+                return (1, signalled);
+            }
+        }
+        // SAFETY: siginfo_t is plain data; set and timeout are valid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let sig = unsafe { libc::sigtimedwait(set, &mut info, &timeout) };
+        if sig > 0 {
+            signalled = Some(sig);
+            // A terminal's Ctrl-C reaches the whole foreground group, the command too: pass
+            // on only what was sent to rawfs run alone (kill, a supervisor, a test runner).
+            if info.si_code != libc::SI_KERNEL {
+                // SAFETY: kill has no memory effects; the child is not reaped yet.
+                unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+            }
+        }
+    }
 }
 
 /// Discards stop signals already pending.

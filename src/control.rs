@@ -14,7 +14,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -178,6 +178,24 @@ pub struct Server {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Connections served at once; one more is answered with an error and closed. Each has a
+/// thread, and a flood of idle connections must not grow the daemon without bound.
+pub const MAX_CLIENTS: usize = 64;
+
+/// Stack of a connection's thread: requests are handled with little stack.
+const CLIENT_STACK: usize = 256 << 10;
+
+/// Once the last client has gone, hands the memory its threads freed back to the system:
+/// glibc keeps freed memory in each thread's arena, and a burst of clients would otherwise
+/// leave the daemon several times larger for the rest of its life.
+fn give_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Where the control socket of the mount on `mountpoint` lives.
 pub fn socket_path(mountpoint: &Path) -> io::Result<PathBuf> {
     Ok(Entry::for_mountpoint(mountpoint)?.socket_file())
@@ -195,6 +213,7 @@ impl Server {
         let listener_fd = listener.as_raw_fd();
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
+        let clients = Arc::new(AtomicUsize::new(0));
         let thread = std::thread::Builder::new()
             .name("rawfs-control".into())
             .spawn(move || {
@@ -203,12 +222,34 @@ impl Server {
                         break;
                     }
                     match conn {
-                        Ok(stream) => {
+                        Ok(mut stream) => {
+                            if clients.load(Ordering::Acquire) >= MAX_CLIENTS {
+                                let msg = format!(
+                                    "too many connections: this daemon serves at most \
+                                     {MAX_CLIENTS} at once; close some and retry"
+                                );
+                                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                                let _ =
+                                    send(&mut stream, &answer(&None, false, json!({"error": msg})));
+                                continue;
+                            }
+                            clients.fetch_add(1, Ordering::AcqRel);
                             let served = served.clone();
                             let stop = thread_stop.clone();
-                            let _ = std::thread::Builder::new()
+                            let mine = clients.clone();
+                            let spawned = std::thread::Builder::new()
                                 .name("rawfs-client".into())
-                                .spawn(move || handle(stream, &served, &stop));
+                                .stack_size(CLIENT_STACK)
+                                .spawn(move || {
+                                    handle(stream, &served, &stop);
+                                    drop(served);
+                                    if mine.fetch_sub(1, Ordering::AcqRel) == 1 {
+                                        give_memory_back();
+                                    }
+                                });
+                            if spawned.is_err() {
+                                clients.fetch_sub(1, Ordering::AcqRel);
+                            }
                         }
                         Err(e) => warn!("control socket accept failed: {e}"),
                     }
@@ -560,6 +601,27 @@ fn send_event(w: &mut impl Write, e: &Event) -> io::Result<()> {
 pub struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    mountpoint: PathBuf,
+    timeout: Option<Duration>,
+}
+
+/// How long a client waits for the daemon's answer before saying it does not answer (a
+/// stopped or stuck daemon would otherwise keep every command waiting forever), unless
+/// `RAWFS_TIMEOUT` gives another number of seconds.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`ANSWER_TIMEOUT`], or `RAWFS_TIMEOUT` seconds.
+pub fn answer_timeout() -> Result<Duration, String> {
+    match std::env::var("RAWFS_TIMEOUT") {
+        Err(_) => Ok(ANSWER_TIMEOUT),
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| format!("RAWFS_TIMEOUT={v:?} is not a number of seconds above 0")),
+    }
 }
 
 impl Client {
@@ -575,10 +637,44 @@ impl Client {
             )
         })?;
         let writer = stream.try_clone().map_err(|e| e.to_string())?;
-        Ok(Client {
+        let mut client = Client {
             reader: BufReader::new(stream),
             writer,
-        })
+            mountpoint: mountpoint.to_path_buf(),
+            timeout: None,
+        };
+        client.set_timeout(Some(answer_timeout()?))?;
+        Ok(client)
+    }
+
+    /// How long to wait for each answer or write (default [`ANSWER_TIMEOUT`]); `None` waits
+    /// for ever, as a followed trace does between events.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), String> {
+        self.timeout = timeout;
+        self.writer
+            .set_read_timeout(timeout)
+            .and_then(|()| self.writer.set_write_timeout(timeout))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The message for a failed read or write: a timeout says the daemon does not answer.
+    fn io_error(&self, doing: &str, e: io::Error) -> String {
+        if !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            return format!("{doing}: {e}");
+        }
+        let pid = Entry::for_mountpoint(&self.mountpoint)
+            .ok()
+            .and_then(|e| e.live_pid())
+            .map_or(String::new(), |p| format!(" (pid {p})"));
+        format!(
+            "the rawfs daemon for {}{pid} does not answer: nothing within {} s; is it stopped \
+             (SIGSTOP, a debugger) or stuck? (RAWFS_TIMEOUT sets the wait)",
+            self.mountpoint.display(),
+            self.timeout.unwrap_or_default().as_secs_f64()
+        )
     }
 
     /// Sends a command and returns the answer line (an error if `ok` is false).
@@ -587,7 +683,7 @@ impl Client {
         if let Value::Object(m) = &mut v {
             m.insert("v".into(), json!(PROTOCOL_VERSION));
         }
-        send(&mut self.writer, &v).map_err(|e| format!("sending to the daemon: {e}"))?;
+        send(&mut self.writer, &v).map_err(|e| self.io_error("sending to the daemon", e))?;
         let answer = self
             .next_line()?
             .ok_or("the daemon closed the connection")?;
@@ -605,10 +701,10 @@ impl Client {
     /// The next line from the daemon, parsed; `None` when it closed the connection.
     pub fn next_line(&mut self) -> Result<Option<Value>, String> {
         let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .map_err(|e| format!("reading from the daemon: {e}"))?;
+        let n = match self.reader.read_line(&mut line) {
+            Ok(n) => n,
+            Err(e) => return Err(self.io_error("reading from the daemon", e)),
+        };
         if n == 0 {
             return Ok(None);
         }
@@ -626,6 +722,10 @@ impl Client {
         mut each: impl FnMut(Event) -> bool,
     ) -> Result<Option<Counts>, String> {
         self.request(&Command::Trace { since, follow })?;
+        if follow {
+            // Events come when requests do: an idle mount may send nothing for hours.
+            self.set_timeout(None)?;
+        }
         while let Some(line) = self.next_line()? {
             if let Some(e) = line.get("event") {
                 let e: Event = serde_json::from_value(e.clone()).map_err(|e| e.to_string())?;

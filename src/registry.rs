@@ -32,7 +32,67 @@ pub fn runtime_dir() -> io::Result<PathBuf> {
             .mode(0o700)
             .create(&dir)?;
     }
+    check_private(&dir)?;
     Ok(dir)
+}
+
+/// Refuses a runtime directory another user could put files in: whoever can write there can
+/// plant a symlink where rawfs writes its log or pid, or a socket that impersonates a daemon.
+/// It must be owned by this user (or root) and not writable by group or others.
+fn check_private(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(dir)?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let refuse = |why: String| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "runtime directory {} {why}; rawfs keeps its sockets, pids and logs only in a \
+                 directory of its own user that others cannot write: set RAWFS_RUNTIME_DIR to \
+                 one (mode 0700)",
+                dir.display()
+            ),
+        ))
+    };
+    if m.uid() != me && m.uid() != 0 {
+        return refuse(format!(
+            "is owned by uid {}, not by this user ({me})",
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "is writable by {} (mode {:o})",
+            if m.mode() & 0o002 != 0 {
+                "others"
+            } else {
+                "its group"
+            },
+            m.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Opens a file of the runtime directory for writing without following a symlink there.
+fn open_private(path: &Path, append: bool) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            let why = if e.raw_os_error() == Some(libc::ELOOP) {
+                " (a symlink: rawfs does not follow symlinks in its runtime directory)"
+            } else {
+                ""
+            };
+            io::Error::new(e.kind(), format!("{}: {e}{why}", path.display()))
+        })
 }
 
 /// Longest escaped mount point used as a file name; longer ones are hashed.
@@ -98,9 +158,26 @@ impl Entry {
         self.with_suffix(".lock")
     }
 
-    /// Records the daemon's pid.
+    /// Opens the log file for appending (a symlink there is refused).
+    pub fn open_log(&self) -> io::Result<fs::File> {
+        open_private(&self.log_file(), true)
+    }
+
+    /// Records the daemon's pid: in a new file (`O_EXCL`, never through a symlink), renamed
+    /// over the old one so that a reader sees the old pid or the new one, never half.
     pub fn write_pid(&self, pid: u32) -> io::Result<()> {
-        fs::write(self.pid_file(), format!("{pid}\n"))
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = self.with_suffix(&format!(".pid.{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.write_all(format!("{pid}\n").as_bytes())?;
+        fs::rename(&tmp, self.pid_file())
     }
 
     /// The recorded pid, if any and if that process is still alive.
@@ -121,24 +198,32 @@ impl Entry {
 
 /// Takes the set-up lock of the mount point `mountpoint`, waiting for another mount being set
 /// up there: of two mounts started at once on one directory, the second then sees the first
-/// and is refused instead of stacking on it. Released when the file is dropped. `None` if the
-/// runtime directory is unusable (the checks before mounting still run, without the lock).
-pub fn lock_mountpoint(mountpoint: &Path) -> Option<fs::File> {
+/// and is refused instead of stacking on it. `None` if the runtime directory is unusable (the
+/// checks before mounting still run, without the lock).
+pub fn lock_mountpoint(mountpoint: &Path) -> Option<SetupLock> {
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
     // The same directory through a symlink or with a trailing slash takes the same lock.
     let canonical = mountpoint.canonicalize().ok()?;
     let path = Entry::for_mountpoint(&canonical).ok()?.lock_file();
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
+    let file = open_private(&path, false).ok()?;
     // SAFETY: the descriptor is valid for the life of `file`.
-    (unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0).then_some(file)
+    (unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0)
+        .then_some(SetupLock { path, _file: file })
+}
+
+/// A held set-up lock; released, and its file removed, when dropped.
+#[derive(Debug)]
+pub struct SetupLock {
+    path: PathBuf,
+    _file: fs::File,
+}
+
+impl Drop for SetupLock {
+    fn drop(&mut self) {
+        // Removed before the lock is let go: a set-up waiting on this file then finds the
+        // mount in place, and one arriving later makes a new file and finds it too.
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 /// True if a process with this pid exists and is running.

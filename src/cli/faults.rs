@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Args, Subcommand};
 use serde_json::Value;
 
+use crate::cli::outln;
 use crate::control::{Client, Command};
 use crate::fault::{Action, CorruptHow, Match, Range, Rule, When};
 
@@ -341,7 +342,7 @@ pub(crate) fn run(cmd: FaultCmd) -> Result<ExitCode, String> {
             let rules = args.rules()?;
             let mut c = Client::connect(&args.mountpoint)?;
             let v = c.request(&Command::FaultAdd { rules })?;
-            println!("{}", ids(&v, "ids"));
+            outln!("{}", ids(&v, "ids"));
         }
         FaultCmd::List { mountpoint, json } => {
             let v = Client::connect(&mountpoint)?.request(&Command::FaultList)?;
@@ -352,7 +353,7 @@ pub(crate) fn run(cmd: FaultCmd) -> Result<ExitCode, String> {
                 .flatten()
             {
                 if json {
-                    println!("{r}");
+                    outln!("{r}");
                 } else {
                     let mut rule = r.clone();
                     let (id, matched, hits) = match rule.as_object_mut() {
@@ -360,7 +361,7 @@ pub(crate) fn run(cmd: FaultCmd) -> Result<ExitCode, String> {
                         None => (None, None, None),
                     };
                     let show = |v: Option<Value>| v.map(|v| v.to_string()).unwrap_or_default();
-                    println!(
+                    outln!(
                         "rule {}: matched {}, fired {}: {rule}",
                         show(id),
                         show(matched),
@@ -392,7 +393,12 @@ pub(crate) fn run(cmd: FaultCmd) -> Result<ExitCode, String> {
                 wait_for: wait,
                 timeout_ms: Some(timeout),
             };
-            let v = Client::connect(&mountpoint)?.request(&cmd)?;
+            let mut c = Client::connect(&mountpoint)?;
+            // The daemon answers once the requests are held, or after --timeout.
+            c.set_timeout(Some(
+                std::time::Duration::from_millis(timeout) + crate::control::answer_timeout()?,
+            ))?;
+            let v = c.request(&cmd)?;
             let held = v
                 .get("holds")
                 .and_then(Value::as_array)
@@ -400,10 +406,10 @@ pub(crate) fn run(cmd: FaultCmd) -> Result<ExitCode, String> {
                 .unwrap_or_default();
             for h in &held {
                 if json {
-                    println!("{h}");
+                    outln!("{h}");
                 } else {
                     let s = |k: &str| h.get(k).map(|x| x.to_string()).unwrap_or_default();
-                    println!(
+                    outln!(
                         "hold {}: rule {}, #{} [{} {}] {}({}) waiting {} ms",
                         s("hold"),
                         s("rule"),
@@ -432,7 +438,7 @@ pub(crate) fn run(cmd: FaultCmd) -> Result<ExitCode, String> {
             all,
         } => {
             let v = Client::connect(&mountpoint)?.request(&Command::Release { hold, rule, all })?;
-            println!("{}", ids(&v, "released"));
+            outln!("{}", ids(&v, "released"));
         }
     }
     Ok(ExitCode::SUCCESS)

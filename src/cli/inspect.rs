@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 
 use crate::check::{self, Severity};
+use crate::cli::outln;
 use crate::control::{Client, Command};
 use crate::trace::event::{FORMAT_VERSION, Header};
 use crate::trace::filter::Filter;
@@ -232,6 +233,9 @@ pub(crate) fn trace(
         .as_deref()
         .expect("follow needs a mount point");
     let mut client = Client::connect(mp)?;
+    if out.is_none() {
+        watch_stdout();
+    }
     if fmt == TraceFormat::Jsonl {
         let header = live_header(&mut client, mp)?;
         format::write_header(&mut &mut *w, &header).map_err(|e| e.to_string())?;
@@ -260,6 +264,35 @@ pub(crate) fn trace(
     }
 }
 
+/// Ends the command when its standard output is closed, even while nothing is written
+/// (`rawfs trace --follow MNT | head -2` on an idle mount): a pipe whose reader has gone
+/// reports an error to poll.
+fn watch_stdout() {
+    let _ = std::thread::Builder::new()
+        .name("stdout-watch".into())
+        .spawn(|| {
+            loop {
+                let mut pfd = libc::pollfd {
+                    fd: 1,
+                    events: 0,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; no events asked, errors are always reported.
+                let n = unsafe { libc::poll(&mut pfd, 1, 200) };
+                if n > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                    crate::cli::stdout_closed();
+                }
+                if n < 0 || pfd.revents & libc::POLLNVAL != 0 {
+                    return;
+                }
+                if n == 0 {
+                    continue;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+}
+
 /// `rawfs check`: exit 0 when nothing is worth a warning, 1 otherwise.
 pub(crate) fn check(src: &Source, json: bool) -> Result<ExitCode, String> {
     let filter = src.filter()?;
@@ -273,7 +306,10 @@ pub(crate) fn check(src: &Source, json: bool) -> Result<ExitCode, String> {
         } else {
             f.to_string()
         };
-        writeln!(out, "{line}").map_err(|e| e.to_string())?;
+        match writeln!(out, "{line}") {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => crate::cli::stdout_closed(),
+            r => r.map_err(|e| e.to_string())?,
+        }
     }
     warn_counts(counts);
     let warnings = findings
@@ -303,28 +339,28 @@ pub(crate) fn status(mountpoint: &Path, json: bool) -> Result<ExitCode, String> 
         m.remove("ok");
     }
     if json {
-        println!("{v}");
+        outln!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
     let get = |k: &str| v.get(k).map(|x| x.to_string()).unwrap_or_default();
-    println!(
+    outln!(
         "mountpoint: {}",
         v.get("mountpoint").and_then(|x| x.as_str()).unwrap_or("")
     );
-    println!("daemon pid: {}", get("pid"));
-    println!(
+    outln!("daemon pid: {}", get("pid"));
+    outln!(
         "version:    {}",
         v.get("version").and_then(|x| x.as_str()).unwrap_or("")
     );
-    println!(
+    outln!(
         "uptime:     {:.1} s",
         v.get("uptime_ms").and_then(|x| x.as_u64()).unwrap_or(0) as f64 / 1000.0
     );
-    println!("requests:   {}", get("requests"));
-    println!("inodes:     {}", get("inodes"));
-    println!("bytes used: {}", get("bytes_used"));
+    outln!("requests:   {}", get("requests"));
+    outln!("inodes:     {}", get("inodes"));
+    outln!("bytes used: {}", get("bytes_used"));
     match v.get("trace") {
-        Some(t) => println!(
+        Some(t) => outln!(
             "trace:      {} buffered, {} recorded, {} dropped, {} evicted, {} cleared",
             get("buffered"),
             t.get("recorded").map(|x| x.to_string()).unwrap_or_default(),
@@ -332,7 +368,7 @@ pub(crate) fn status(mountpoint: &Path, json: bool) -> Result<ExitCode, String> 
             t.get("evicted").map(|x| x.to_string()).unwrap_or_default(),
             t.get("cleared").map(|x| x.to_string()).unwrap_or_default(),
         ),
-        None => println!("trace:      off"),
+        None => outln!("trace:      off"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -354,3 +354,353 @@ fn fault_options_that_would_be_ignored_or_contradict_are_refused() {
     assert_success(&out, "--corrupt with --corrupt-at");
     wait_until(QUICK, "the mount is still there", || is_mounted(&s.mp));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 5: the runtime directory is private, and nothing in it is followed.
+
+#[test]
+fn a_runtime_directory_others_can_write_or_own_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scene::new();
+    let shared = s.base.join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let run = |rt: &Path, args: &[&OsStr]| {
+        let mut c = Command::new(common::rawfs_bin());
+        c.args(args).env("RAWFS_RUNTIME_DIR", rt);
+        crate::lifecycle::output_within(c, QUICK)
+    };
+    for args in [
+        vec![os("mount"), os("--daemon"), s.mp.as_os_str()],
+        vec![os("status"), s.mp.as_os_str()],
+    ] {
+        let out = run(&shared, &args);
+        assert_fails_with(&out, 1, &["writable by others", shared.to_str().unwrap()]);
+    }
+    assert!(!is_mounted(&s.mp));
+    assert_eq!(
+        fs::read_dir(&shared).unwrap().count(),
+        0,
+        "nothing created there"
+    );
+
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let theirs = s.base.join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        fs::set_permissions(&theirs, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        let out = run(&theirs, &[os("mount"), os("--daemon"), s.mp.as_os_str()]);
+        assert_fails_with(&out, 1, &["owned by uid 65534"]);
+        assert!(!is_mounted(&s.mp));
+    }
+}
+
+#[test]
+fn a_symlink_planted_in_the_runtime_directory_is_not_followed() {
+    let s = Scene::new();
+    let victim = s.base.join("victim");
+    let log = s.pid_file(&s.mp).with_extension("log");
+    std::os::unix::fs::symlink(&victim, &log).unwrap();
+    let out = s.run(&[os("mount"), os("--daemon"), s.mp.as_os_str()]);
+    assert_fails_with(&out, 1, &["symlink", log.to_str().unwrap()]);
+    assert!(!victim.exists(), "rawfs wrote through a planted symlink");
+    assert!(!is_mounted(&s.mp));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 6: connections are bounded and their memory goes back.
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn threads(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).unwrap().count()
+}
+
+#[test]
+fn a_flood_of_control_connections_is_bounded_and_leaves_no_memory_behind() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::net::UnixStream;
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let s = Scene::new();
+    let pid = s.daemon(&s.mp, &[]);
+    let sock = s.pid_file(&s.mp).with_extension("sock");
+    let (threads_before, rss_before) = (threads(pid), vm_rss_kib(pid));
+    let mut conns = Vec::new();
+    for _ in 0..1000 {
+        let mut c = UnixStream::connect(&sock).expect("connect");
+        c.write_all(b"{\"v\":1,\"cmd\":\"status\"}\n").unwrap();
+        conns.push(c);
+    }
+    let mut refused = 0;
+    for c in &conns {
+        let mut line = String::new();
+        std::io::BufReader::new(c).read_line(&mut line).unwrap();
+        if line.contains("too many connections") {
+            refused += 1;
+        } else {
+            assert!(line.contains("\"ok\":true"), "{line}");
+        }
+    }
+    let busy = threads(pid);
+    assert!(refused >= 1000 - 64, "only {refused} of 1000 refused");
+    assert!(
+        busy <= threads_before + 64,
+        "{busy} threads with 1000 connections (before: {threads_before})"
+    );
+    drop(conns);
+    wait_until(QUICK, "the connection threads end", || {
+        threads(pid) <= threads_before
+    });
+    let out = s.run(&[os("status"), s.mp.as_os_str()]);
+    assert_success(&out, "rawfs status after the flood");
+    let rss_after = vm_rss_kib(pid);
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "RSS {rss_before} KiB before the flood, {rss_after} KiB after"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Items 7, 8, 9: signals, closed pipes, a stopped daemon.
+
+#[test]
+fn run_passes_stop_signals_on_unmounts_and_exits_128_plus_n() {
+    use std::os::unix::process::ExitStatusExt;
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let mut s = Scene::new();
+    for (sig, name) in [
+        (libc::SIGTERM, "TERM"),
+        (libc::SIGINT, "INT"),
+        (libc::SIGHUP, "HUP"),
+    ] {
+        let mp_file = s.base.join(format!("mp-{name}"));
+        let got = s.base.join(format!("got-{name}"));
+        let script = format!(
+            "trap 'echo {name} > {got}; exit 0' {name}; echo \"$RAWFS_MOUNT\" > {mp}; \
+             while :; do sleep 0.05; done",
+            got = got.display(),
+            mp = mp_file.display()
+        );
+        let mut cmd = s.rawfs();
+        cmd.args(["run", "--trace-format", "none", "--", "sh", "-c", &script]);
+        let i = s.spawn(cmd);
+        wait_until(QUICK, "the command runs", || {
+            fs::read_to_string(&mp_file).is_ok_and(|t| t.ends_with('\n'))
+        });
+        let mp = fs::read_to_string(&mp_file).unwrap().trim().to_string();
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(s.children[i].id() as libc::pid_t, sig) };
+        let status = s.wait_child(i, QUICK);
+        assert_eq!(
+            status.code(),
+            Some(128 + sig),
+            "rawfs run got SIG{name}: {status:?}"
+        );
+        assert_eq!(status.signal(), None);
+        assert_eq!(
+            fs::read_to_string(&got).unwrap(),
+            format!("{name}\n"),
+            "CMD got it"
+        );
+        assert!(!Path::new(&mp).exists(), "mount point {mp} left behind");
+    }
+}
+
+#[test]
+fn umount_clears_and_removes_the_mount_point_of_a_killed_rawfs_run() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let mut s = Scene::new();
+    let info = s.base.join("info");
+    let script = format!(
+        "echo \"$RAWFS_MOUNT $$\" > {}; exec sleep 30",
+        info.display()
+    );
+    let mut cmd = s.rawfs();
+    cmd.args(["run", "--trace-format", "none", "--", "sh", "-c", &script]);
+    let i = s.spawn(cmd);
+    wait_until(QUICK, "the command runs", || {
+        fs::read_to_string(&info).is_ok_and(|t| t.ends_with('\n'))
+    });
+    let text = fs::read_to_string(&info).unwrap();
+    let (mp, sleep) = text.trim().split_once(' ').unwrap();
+    let mp = std::path::PathBuf::from(mp);
+    s.mountpoints.push(mp.clone());
+    s.children[i].kill().unwrap();
+    s.wait_child(i, QUICK);
+    // SAFETY: kill has no memory effects; `sleep` is the command, a child of the killed run.
+    unsafe { libc::kill(sleep.parse().unwrap(), libc::SIGKILL) };
+    wait_until(QUICK, "the mount is stale", || {
+        fs::metadata(&mp).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
+    });
+    let out = s.run(&[os("umount"), mp.as_os_str()]);
+    assert_success(&out, "rawfs umount of a killed run's mount");
+    assert!(!is_mounted(&mp));
+    assert!(!mp.exists(), "{} left behind", mp.display());
+    assert!(
+        stderr(&out).contains("removed the temporary mount point"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn run_says_a_relative_command_path_is_looked_up_in_the_mount() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let s = Scene::new();
+    let out = s.run(&[
+        os("run"),
+        os("--trace-format"),
+        os("none"),
+        os("--"),
+        os("./test.sh"),
+    ]);
+    assert_fails_with(&out, 127, &["./test.sh", "absolute path", "$PWD/test.sh"]);
+}
+
+/// `rawfs ARGS` with its standard output a pipe whose reader has already gone.
+fn into_closed_pipe(s: &Scene, args: &[&OsStr]) -> Command {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two descriptors.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors were just made and are owned here.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let mut c = s.rawfs();
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped());
+    c
+}
+
+#[test]
+fn commands_writing_to_a_closed_pipe_end_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let s = Scene::new();
+    s.daemon(&s.mp, &[]);
+    fs::write(s.mp.join("f"), b"x").unwrap();
+    let mp = s.mp.as_os_str();
+    assert_success(
+        &s.run(&[
+            os("fault"),
+            os("add"),
+            mp,
+            os("--op"),
+            os("mknod"),
+            os("--errno"),
+            os("EIO"),
+        ]),
+        "fault add",
+    );
+    for args in [
+        vec![os("status"), mp],
+        vec![os("status"), os("--json"), mp],
+        vec![os("fault"), os("list"), mp],
+        vec![os("trace"), mp],
+        vec![os("check"), os("--json"), mp],
+    ] {
+        let mut child = into_closed_pipe(&s, &args).spawn().expect("spawn rawfs");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(err, "", "rawfs {args:?} into a closed pipe");
+        // Killed by SIGPIPE as coreutils are; or, if a process forked by another test held
+        // the reading end for a moment, its ordinary exit (check: 1 for its warnings).
+        assert!(
+            status.signal() == Some(libc::SIGPIPE) || matches!(status.code(), Some(0 | 1)),
+            "rawfs {args:?}: {status:?}"
+        );
+    }
+}
+
+#[test]
+fn trace_follow_on_an_idle_mount_notices_a_closed_pipe() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let mut s = Scene::new();
+    s.daemon(&s.mp, &[]);
+    let args = [
+        os("trace"),
+        os("--follow"),
+        os("--op"),
+        os("mknod"),
+        s.mp.as_os_str(),
+    ];
+    let cmd = into_closed_pipe(&s, &args);
+    let i = s.spawn(cmd);
+    let start = Instant::now();
+    s.wait_child(i, Duration::from_secs(10));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn commands_say_a_stopped_daemon_does_not_answer() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let s = Scene::new();
+    let pid = s.daemon(&s.mp, &[]);
+    /// Continues the daemon even if an assertion fails, so that the scene can clean up.
+    struct Cont(u32);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
+        }
+    }
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    let cont = Cont(pid);
+    let mp = s.mp.as_os_str();
+    for args in [
+        vec![os("status"), mp],
+        vec![os("fault"), os("list"), mp],
+        vec![os("trace"), mp],
+    ] {
+        let mut c = s.rawfs();
+        c.args(&args).env("RAWFS_TIMEOUT", "0.5");
+        let start = Instant::now();
+        let out = crate::lifecycle::output_within(c, QUICK);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_fails_with(
+            &out,
+            1,
+            &["does not answer", &format!("pid {pid}"), "stopped"],
+        );
+    }
+    let mut c = s.rawfs();
+    c.args([os("status"), mp]).env("RAWFS_TIMEOUT", "soon");
+    let out = crate::lifecycle::output_within(c, QUICK);
+    assert_fails_with(&out, 1, &["RAWFS_TIMEOUT", "soon"]);
+    drop(cont);
+    assert_success(&s.run(&[os("status"), mp]), "status once continued");
+}

@@ -150,8 +150,8 @@ pub(crate) struct Scene {
     /// The default mount point, `base/mnt` (an empty directory).
     pub(crate) mp: PathBuf,
     pub(crate) runtime: PathBuf,
-    mountpoints: Vec<PathBuf>,
-    children: Vec<Child>,
+    pub(crate) mountpoints: Vec<PathBuf>,
+    pub(crate) children: Vec<Child>,
     // Last: removed after the drop above has unmounted everything.
     _dir: tempfile::TempDir,
 }
