@@ -438,14 +438,17 @@ fn a_flood_of_control_connections_is_bounded_and_leaves_no_memory_behind() {
     let mut conns = Vec::new();
     for _ in 0..1000 {
         let mut c = UnixStream::connect(&sock).expect("connect");
-        c.write_all(b"{\"v\":1,\"cmd\":\"status\"}\n").unwrap();
+        // A refused connection may be closed before the request is written: its answer
+        // is read below all the same.
+        let _ = c.write_all(b"{\"v\":1,\"cmd\":\"status\"}\n");
         conns.push(c);
     }
     let mut refused = 0;
     for c in &conns {
         let mut line = String::new();
-        std::io::BufReader::new(c).read_line(&mut line).unwrap();
-        if line.contains("too many connections") {
+        // A refused connection's request may be left unread: then the close can reset it.
+        let read = std::io::BufReader::new(c).read_line(&mut line);
+        if line.contains("too many connections") || read.is_err() {
             refused += 1;
         } else {
             assert!(line.contains("\"ok\":true"), "{line}");
