@@ -560,6 +560,31 @@ fn run_checker(o: &Options, dir: &Path, seq: u64, state: &str, stdout_file: &Pat
     }
 }
 
+/// `f(0..n)` on `jobs` threads, results in order.
+fn parallel_map<T: Send>(jobs: usize, n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<T>>> = Mutex::new((0..n).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let v = f(i);
+                    out.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(v);
+                }
+            });
+        }
+    });
+    out.into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// Builds and checks every planned state, `jobs` at a time.
 pub fn explore(o: &Options, rec: &Recording) -> Result<Report, Error> {
     let (plan, skipped) = rec.plan(o);
@@ -567,74 +592,63 @@ pub fn explore(o: &Options, rec: &Recording) -> Result<Report, Error> {
         .prefix("rawfs-states-")
         .tempdir()
         .map_err(|e| Error(format!("cannot create a directory for the states: {e}")))?;
-    let seen: Mutex<HashMap<(u64, usize), ()>> = Mutex::new(HashMap::new());
-    let failures: Mutex<Vec<(usize, Failure)>> = Mutex::new(Vec::new());
-    let next = AtomicUsize::new(0);
-    let checked = AtomicUsize::new(0);
-    let start = Instant::now();
-    std::thread::scope(|scope| {
-        for _ in 0..o.jobs {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&p) = plan.get(i) else { break };
-                    let seq = rec.points[p.point].0;
-                    let state = rec.state(p, o.sector);
-                    let printed = rec.printed_before(seq);
-                    let key = (state.fingerprint(), printed.len());
-                    if seen
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(key, ())
-                        .is_some()
-                    {
-                        continue;
-                    }
-                    let dir = work.path().join(format!("state-{i}"));
-                    let stdout_file = work.path().join(format!("stdout-{i}"));
-                    let written = state.write(&dir).and_then(|()| {
-                        let mut f = std::fs::File::create(&stdout_file)?;
-                        for l in &printed {
-                            writeln!(f, "{l}")?;
-                        }
-                        Ok(())
-                    });
-                    let (text, cause) = rec.describe(p, o.sector);
-                    let verdict = match written {
-                        Ok(()) => run_checker(o, &dir, seq, &text, &stdout_file),
-                        Err(e) => Verdict {
-                            status: None,
-                            output: format!("cannot write the state: {e}"),
-                        },
-                    };
-                    remove_tree(&dir);
-                    let _ = std::fs::remove_file(&stdout_file);
-                    checked.fetch_add(1, Ordering::Relaxed);
-                    if verdict.status != Some(0) {
-                        let f = Failure {
-                            id: state_id(seq, p.spec, key.0),
-                            seq,
-                            state: text,
-                            spec: p.spec,
-                            lost: state.losses,
-                            status: verdict.status,
-                            output: verdict.output,
-                            excerpt: rec.excerpt(seq),
-                            cause,
-                        };
-                        failures
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push((i, f));
-                    }
-                }
-            });
-        }
+    // First every state's key, so that of equal states the first planned one is checked,
+    // whatever the threads' timing.
+    let keys: Vec<(u64, usize)> = parallel_map(o.jobs, plan.len(), |i| {
+        let p = plan[i];
+        let seq = rec.points[p.point].0;
+        (
+            rec.state(p, o.sector).fingerprint(),
+            rec.printed_before(seq).len(),
+        )
     });
+    let mut first: HashMap<(u64, usize), usize> = HashMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        first.entry(*k).or_insert(i);
+    }
+    let mut distinct: Vec<usize> = first.values().copied().collect();
+    distinct.sort_unstable();
+    let start = Instant::now();
+    let verdicts: Vec<Option<Failure>> = parallel_map(o.jobs, distinct.len(), |j| {
+        let i = distinct[j];
+        let p = plan[i];
+        let seq = rec.points[p.point].0;
+        let state = rec.state(p, o.sector);
+        let printed = rec.printed_before(seq);
+        let dir = work.path().join(format!("state-{i}"));
+        let stdout_file = work.path().join(format!("stdout-{i}"));
+        let written = state.write(&dir).and_then(|()| {
+            let mut f = std::fs::File::create(&stdout_file)?;
+            for l in &printed {
+                writeln!(f, "{l}")?;
+            }
+            Ok(())
+        });
+        let (text, cause) = rec.describe(p, o.sector);
+        let verdict = match written {
+            Ok(()) => run_checker(o, &dir, seq, &text, &stdout_file),
+            Err(e) => Verdict {
+                status: None,
+                output: format!("cannot write the state: {e}"),
+            },
+        };
+        remove_tree(&dir);
+        let _ = std::fs::remove_file(&stdout_file);
+        (verdict.status != Some(0)).then(|| Failure {
+            id: state_id(seq, p.spec, keys[i].0),
+            seq,
+            state: text,
+            spec: p.spec,
+            lost: state.losses,
+            status: verdict.status,
+            output: verdict.output,
+            excerpt: rec.excerpt(seq),
+            cause,
+        })
+    });
+    let checked = verdicts.len();
     let seconds = start.elapsed().as_secs_f64();
-    let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
-    failures.sort_by_key(|(i, _)| *i);
-    let failures: Vec<Failure> = failures.into_iter().map(|(_, f)| f).collect();
+    let failures: Vec<Failure> = verdicts.into_iter().flatten().collect();
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for f in &failures {
         let cause = f.cause.clone().unwrap_or_else(|| match f.spec {
@@ -643,8 +657,7 @@ pub fn explore(o: &Options, rec: &Recording) -> Result<Report, Error> {
         });
         groups.entry(cause).or_default().push(f.id.clone());
     }
-    let distinct = seen.into_inner().unwrap_or_else(|e| e.into_inner()).len();
-    let checked = checked.into_inner();
+    let distinct = distinct.len();
     Ok(Report {
         model: o.model,
         requests: rec.events.last().map_or(0, |e| e.seq),

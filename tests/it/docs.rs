@@ -1,8 +1,9 @@
 //! Runs every shell example in docs/*.md, so the documentation cannot rot.
 //!
 //! A ```` ```sh ```` block is run with `sh -e`, with the `rawfs` under test first on PATH, in a
-//! scratch directory. If the next block is a ```` ```text ```` block, it is the exact stdout
-//! the example must print.
+//! scratch directory that the blocks of one document share, in order (so an example can use
+//! the scripts an earlier one wrote). If the next block is a ```` ```text ```` block, it is
+//! the exact stdout the example must print.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,21 +77,25 @@ fn every_shell_example_in_docs_runs_and_prints_what_it_shows() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let all: Vec<Example> = doc_files().iter().flat_map(|f| examples(f)).collect();
-    assert!(
-        all.len() >= 3,
-        "expected examples in docs/, found {}",
-        all.len()
-    );
-    for ex in all {
+    let docs: Vec<Vec<Example>> = doc_files().iter().map(|f| examples(f)).collect();
+    let count: usize = docs.iter().map(Vec::len).sum();
+    assert!(count >= 3, "expected examples in docs/, found {count}");
+    for doc in docs {
         let scratch = tempfile::tempdir().expect("scratch dir");
+        run_examples(doc, scratch.path(), &path);
+    }
+}
+
+/// Runs one document's examples in order in `scratch`, with `path` as PATH.
+fn run_examples(doc: Vec<Example>, scratch: &Path, path: &str) {
+    for ex in doc {
         let out = Command::new("sh")
             .arg("-e")
             .arg("-c")
             .arg(&ex.script)
-            .current_dir(scratch.path())
-            .env("PATH", &path)
-            .env("RAWFS_RUNTIME_DIR", scratch.path())
+            .current_dir(scratch)
+            .env("PATH", path)
+            .env("RAWFS_RUNTIME_DIR", scratch)
             .output()
             .expect("run sh");
         let stdout = String::from_utf8_lossy(&out.stdout);
