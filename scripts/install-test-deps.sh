@@ -58,14 +58,43 @@ apt_lists_present() {
     compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null
 }
 
+# How long to wait for another process (unattended-upgrades, another apt) to let go of the
+# package manager's lock before giving up.
+LOCK_WAIT_SECONDS=${LOCK_WAIT_SECONDS:-900}
+LOCK_RETRY_SECONDS=${LOCK_RETRY_SECONDS:-5}
+
+# with_apt_lock CMD...: runs an apt-get command; while it fails only because another process
+# holds the package manager's lock, says so and tries again, up to LOCK_WAIT_SECONDS.
+# (DPkg::Lock::Timeout covers the dpkg lock of an install, not the lists lock of an update.)
+with_apt_lock() {
+    local out start=$SECONDS status
+    out=$(mktemp)
+    while true; do
+        status=0
+        "$@" 2>&1 | tee "$out" >&2 || status=${PIPESTATUS[0]}
+        if [[ $status -eq 0 ]] || ! grep -qE 'Could not get lock|Unable to acquire the dpkg frontend lock|Unable to lock' "$out"; then
+            rm -f "$out"
+            return "$status"
+        fi
+        if ((SECONDS - start >= LOCK_WAIT_SECONDS)); then
+            log "the package manager's lock was still held after ${LOCK_WAIT_SECONDS}s; giving up"
+            rm -f "$out"
+            return "$status"
+        fi
+        log "another process holds the package manager's lock (above); waiting for it"
+        sleep "$LOCK_RETRY_SECONDS"
+    done
+}
+
 apt_update() {
     log "running apt-get update"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    with_apt_lock as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get -o DPkg::Lock::Timeout=60 update -q
 }
 
 apt_install() {
-    as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q --no-install-recommends "$@"
+    with_apt_lock as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get -o DPkg::Lock::Timeout=60 install -y -q --no-install-recommends "$@"
 }
 
 main() {

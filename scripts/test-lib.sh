@@ -50,8 +50,12 @@ build_tool() {
     else
         log "building $crate $version from crates.io into $TOOLS_ROOT"
         start=$SECONDS
-        cargo install --locked --force --root "$TOOLS_ROOT" --version "=$version" "$crate" >&2 \
-            || die "cargo install $crate $version failed"
+        # Its closing advice to add target/tools/bin to PATH is not for this script's user:
+        # the scripts run the tool by its full path.
+        if ! cargo install --locked --force --root "$TOOLS_ROOT" --version "=$version" "$crate" \
+            2>&1 | { grep -v -e 'be sure to add .* to your PATH' || true; } >&2; then
+            die "cargo install $crate $version failed"
+        fi
         log "built $crate $version in $((SECONDS - start))s"
     fi
     printf '%s\n' "$bin"

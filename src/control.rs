@@ -130,6 +130,10 @@ pub struct Status {
     pub version: String,
     /// Milliseconds since the mount started.
     pub uptime_ms: u64,
+    /// When recording started, in nanoseconds since the epoch: the trace's `ts_ns` count from
+    /// here (the trace header's `started_unix_ns`). Absent when recording is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_unix_ns: Option<u128>,
     /// Requests served (numbered events).
     pub requests: u64,
     /// Trace counters; absent when recording is off.
@@ -403,6 +407,7 @@ fn status(served: &Served) -> Status {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_ms: served.started.elapsed().as_millis() as u64,
+        started_unix_ns: store.map(|s| s.started_unix_ns()),
         requests: served.recorder.as_ref().map_or_else(
             || served.unrecorded.load(Ordering::Relaxed),
             |r| r.requests(),

@@ -824,7 +824,9 @@ impl State {
 impl Fs {
     /// An empty tree: just the root directory.
     pub fn new(opts: FsOptions) -> Fs {
-        let limit = opts.size_limit.map_or(u64::MAX, |b| b / PAGE);
+        // Whole pages, rounded up as tmpfs rounds its size=: a limit below one page still
+        // holds one page, not none.
+        let limit = opts.size_limit.map_or(u64::MAX, |b| b.div_ceil(PAGE));
         let mut root = Node::new(
             Kind::Dir,
             opts.root_perm,

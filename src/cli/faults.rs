@@ -378,10 +378,8 @@ pub(crate) fn run(cmd: FaultCmd) -> Result<ExitCode, String> {
         }
         FaultCmd::Clear { mountpoint } => {
             let v = Client::connect(&mountpoint)?.request(&Command::FaultClear)?;
-            eprintln!(
-                "removed {} rules",
-                v.get("cleared").cloned().unwrap_or_default()
-            );
+            let n = v.get("cleared").and_then(Value::as_u64).unwrap_or(0);
+            eprintln!("removed {n} rule{}", if n == 1 { "" } else { "s" });
         }
         FaultCmd::Holds {
             mountpoint,

@@ -119,14 +119,25 @@ fn live_header(client: &mut Client, mountpoint: &Path) -> Result<Header, String>
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
+    // The daemon's own start time and version: the same header for every reader, whichever
+    // rawfs binary reads it. (A daemon older than the field: estimated from its uptime.)
+    let started = status
+        .get("started_unix_ns")
+        .and_then(|v| serde_json::from_value::<u128>(v.clone()).ok())
+        .unwrap_or_else(|| now.saturating_sub(uptime_ns));
+    let version = status
+        .get("version")
+        .and_then(|v| v.as_str())
+        .unwrap_or(env!("CARGO_PKG_VERSION"))
+        .to_string();
     Ok(Header {
         rawfs_trace: FORMAT_VERSION,
-        rawfs_version: env!("CARGO_PKG_VERSION").to_string(),
+        rawfs_version: version,
         mountpoint: status
             .get("mountpoint")
             .and_then(|v| v.as_str())
             .map_or_else(|| mountpoint.display().to_string(), str::to_string),
-        started_unix_ns: now.saturating_sub(uptime_ns),
+        started_unix_ns: started,
     })
 }
 
@@ -370,5 +381,26 @@ pub(crate) fn status(mountpoint: &Path, json: bool) -> Result<ExitCode, String> 
         ),
         None => outln!("trace:      off"),
     }
+    let rules = v
+        .get("rules")
+        .and_then(|r| r.as_array())
+        .cloned()
+        .unwrap_or_default();
+    outln!("rules:      {}", rules.len());
+    for r in &rules {
+        let mut rule = r.clone();
+        let (id, matched, hits) = match rule.as_object_mut() {
+            Some(m) => (m.remove("id"), m.remove("matched"), m.remove("hits")),
+            None => (None, None, None),
+        };
+        let show = |v: Option<serde_json::Value>| v.map(|v| v.to_string()).unwrap_or_default();
+        outln!(
+            "  rule {}: matched {}, fired {}: {rule}",
+            show(id),
+            show(matched),
+            show(hits)
+        );
+    }
+    outln!("held:       {} requests", get("held"));
     Ok(ExitCode::SUCCESS)
 }

@@ -1186,7 +1186,7 @@ fn cli_holds_waits_for_a_held_write_and_release_or_clear_lets_it_go() {
     d.fault("holds", &["--wait", "1"]);
     let out = d.rt.rawfs(&["fault", "clear", d.mp()]);
     assert!(out.status.success());
-    assert_eq!(text(&out.stderr), "removed 1 rules\n");
+    assert_eq!(text(&out.stderr), "removed 1 rule\n");
     kid.finish_ok();
     assert_eq!(fs::read_to_string(d.join("h2")).unwrap(), "two\n");
     assert!(d.rules().is_empty());

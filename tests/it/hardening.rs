@@ -707,3 +707,223 @@ fn commands_say_a_stopped_daemon_does_not_answer() {
     drop(cont);
     assert_success(&s.run(&[os("status"), mp]), "status once continued");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 14: the test scripts wait for the package manager's lock and keep cargo's PATH advice
+// out of their output. The package manager and cargo are stand-ins on PATH: the scripts' own
+// logic runs, without a network or a real install.
+
+/// A directory of executable stand-ins, put first on PATH.
+fn shims(dir: &Path, scripts: &[(&str, &str)]) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    for (name, body) in scripts {
+        let p = dir.join(name);
+        fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn install_test_deps_waits_while_another_process_holds_the_package_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    let path = shims(
+        dir.path(),
+        &[
+            ("id", "echo 0"),
+            ("dpkg-query", "exit 1"),
+            (
+                "apt-get",
+                &format!(
+                    "echo \"$*\" >> {calls}\n\
+                     n=$(wc -l < {calls})\n\
+                     if [ \"$n\" -le 2 ]; then\n\
+                       echo 'E: Could not get lock /var/lib/apt/lists/lock. It is held by process 42 (apt-get)' >&2\n\
+                       exit 100\n\
+                     fi",
+                    calls = calls.display()
+                ),
+            ),
+        ],
+    );
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/install-test-deps.sh"))
+        .env("PATH", path)
+        .env("LOCK_RETRY_SECONDS", "0.1")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("holds the package manager's lock"), "{err}");
+    let calls = fs::read_to_string(&calls).unwrap();
+    assert!(calls.lines().count() >= 3, "{calls}");
+    assert!(calls.contains("DPkg::Lock::Timeout"), "{calls}");
+
+    // A failure that is not about the lock is not retried.
+    let dir = tempfile::tempdir().unwrap();
+    let path = shims(
+        dir.path(),
+        &[
+            ("id", "echo 0"),
+            ("dpkg-query", "exit 1"),
+            (
+                "apt-get",
+                "echo 'E: Unable to locate package fuse3' >&2; exit 100",
+            ),
+        ],
+    );
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/install-test-deps.sh"))
+        .env("PATH", path)
+        .env("LOCK_RETRY_SECONDS", "0.1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!stderr(&out).contains("waiting"), "{}", stderr(&out));
+}
+
+#[test]
+fn building_a_test_tool_keeps_cargos_path_advice_out_of_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = shims(
+        dir.path(),
+        &[(
+            "cargo",
+            "echo '   Installed package `fsx v1.0.0` (executable `fsx`)' >&2\n\
+             echo 'warning: be sure to add `/x/target/tools/bin` to your PATH to be able to run the installed binaries' >&2",
+        )],
+    );
+    let script = format!(
+        "source {}; TOOLS_ROOT={}; build_tool fsx 1.0.0",
+        repo().join("scripts/test-lib.sh").display(),
+        dir.path().join("tools").display()
+    );
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Installed package"), "{err}");
+    assert!(!err.contains("to your PATH"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = shims(
+        dir.path(),
+        &[("cargo", "echo 'error: no such crate' >&2; exit 101")],
+    );
+    let script = format!(
+        "set -euo pipefail; source {}; TOOLS_ROOT={}; build_tool fsx 1.0.0",
+        repo().join("scripts/test-lib.sh").display(),
+        dir.path().join("tools").display()
+    );
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cargo install fsx 1.0.0 failed"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 11: sizes round up to whole pages, as tmpfs does, and too large a size is refused.
+
+fn statfs_bytes(p: &Path) -> u64 {
+    let c = common::cpath(p);
+    // SAFETY: statfs is plain data; c is a valid path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0, "statfs");
+    st.f_blocks * st.f_bsize as u64
+}
+
+#[test]
+fn a_size_below_a_page_holds_one_page_and_one_above_16_eib_is_refused() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let s = Scene::new();
+    for size in ["1k", "1023", "4096", "4097"] {
+        s.daemon(&s.mp, &["--size", size]);
+        let want = rawfs::units::parse_size(size).unwrap().div_ceil(4096) * 4096;
+        assert_eq!(statfs_bytes(&s.mp), want, "--size {size}");
+        fs::write(s.mp.join("small"), b"fits in a page").expect("write under --size");
+        let err = fs::write(s.mp.join("big"), vec![1u8; want as usize + 1]).unwrap_err();
+        assert_eq!(common::code(&err), libc::ENOSPC, "--size {size}: {err}");
+        assert_success(&s.run(&[os("umount"), s.mp.as_os_str()]), "rawfs umount");
+    }
+    for size in ["18446744073709551616", "16777216T"] {
+        let out = s.run(&[
+            os("mount"),
+            os("--daemon"),
+            os("--size"),
+            os(size),
+            s.mp.as_os_str(),
+        ]);
+        assert_fails_with(&out, 2, &[size, "too large"]);
+    }
+    assert!(!is_mounted(&s.mp));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 15: smaller things a user meets.
+
+#[test]
+fn the_live_trace_header_is_the_daemons_and_status_shows_rules_and_holds() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let s = Scene::new();
+    let trace = s.base.join("t.jsonl");
+    s.daemon(&s.mp, &["--trace", trace.to_str().unwrap()]);
+    let mp = s.mp.as_os_str();
+    let header = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_str(stdout(out).lines().next().unwrap()).unwrap()
+    };
+    let first = s.run(&[os("trace"), os("--format"), os("jsonl"), mp]);
+    std::thread::sleep(Duration::from_millis(20));
+    let second = s.run(&[os("trace"), os("--format"), os("jsonl"), mp]);
+    let (a, b) = (header(&first), header(&second));
+    assert_eq!(a, b, "the header changes from call to call");
+    // The daemon's own header, as in its trace file.
+    let file: serde_json::Value =
+        serde_json::from_str(fs::read_to_string(&trace).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(a["started_unix_ns"], file["started_unix_ns"]);
+    assert_eq!(a["rawfs_version"], file["rawfs_version"]);
+
+    assert_success(
+        &s.run(&[
+            os("fault"),
+            os("add"),
+            mp,
+            os("--op"),
+            os("mknod"),
+            os("--errno"),
+            os("EIO"),
+        ]),
+        "fault add",
+    );
+    let out = s.run(&[os("status"), mp]);
+    assert_success(&out, "rawfs status");
+    let text = stdout(&out);
+    assert!(text.contains("rules:      1"), "{text}");
+    assert!(text.contains("rule 1: matched 0, fired 0"), "{text}");
+    assert!(text.contains("\"errno\":\"EIO\""), "{text}");
+    assert!(text.contains("held:       0 requests"), "{text}");
+    let out = s.run(&[os("fault"), os("clear"), mp]);
+    assert_eq!(stderr(&out), "removed 1 rule\n");
+}
