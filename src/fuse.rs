@@ -305,9 +305,11 @@ impl RawFs {
             Ok(v) => outcome(&mut p.event, v),
             Err(e) => p.errno = Some(*e),
         }
+        // A crash after the request cuts the power before the caller hears of its success,
+        // so that nothing it does next can reach the tree first.
+        self.crash_after(hit.as_deref(), &p.event);
         let Some(rec) = &self.recorder else {
-            answer(result);
-            return self.crash_after(hit.as_deref(), &p.event);
+            return answer(result);
         };
         // The request took until its answer was ready; the kernel gets it before the event
         // is handed over, so the hand-over is not part of the caller's wait.
@@ -317,7 +319,6 @@ impl RawFs {
         if self.record_states {
             self.power.after_request(p.event.seq);
         }
-        self.crash_after(hit.as_deref(), &p.event);
     }
 
     /// A crash rule's action, when it cuts the power after the request.

@@ -182,14 +182,27 @@ impl Unsynced {
 /// unsynced contents as a whole.
 pub const MAX_CHANGES: usize = 4096;
 
+/// Most changes kept in one name's log between syncs of its directory: past it only the
+/// latest is kept (a name created and removed over and over in a directory never fsynced).
+const MAX_NAME_CHANGES: usize = 64;
+
+/// How many name logs mention an inode.
+#[derive(Clone, Copy, Debug, Default)]
+struct Refs {
+    /// As a durable binding or an unsynced change.
+    all: u32,
+    /// As a durable binding: the node exists after a crash that keeps nothing unsynced.
+    durable: u32,
+}
+
 /// The durable state's bookkeeping, inside the tree's lock.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Durable {
     pub(super) model: Model,
     nodes: FxHashMap<u64, Unsynced>,
-    /// How many name logs mention each inode (durable binding or change): a node that leaves
-    /// the live tree is kept while this is non-zero.
-    refs: FxHashMap<u64, u32>,
+    /// How name logs mention each inode: a node that leaves the live tree is kept while any
+    /// does.
+    refs: FxHashMap<u64, Refs>,
     /// Numbers every change in the order it was made (ext4-ordered commits metadata changes
     /// as a prefix of this order).
     order: u64,
@@ -210,10 +223,26 @@ impl Durable {
         self.order
     }
 
-    fn add_ref(&mut self, ino: Option<u64>) {
+    fn add_ref(&mut self, ino: Option<u64>, durable: bool) {
         if let Some(ino) = ino {
-            *self.refs.entry(ino).or_default() += 1;
+            let r = self.refs.entry(ino).or_default();
+            r.all += 1;
+            r.durable += u32::from(durable);
         }
+    }
+
+    /// One mention of `ino` less; true if none is left.
+    fn drop_ref(&mut self, ino: u64, durable: bool) -> bool {
+        let Some(r) = self.refs.get_mut(&ino) else {
+            return false;
+        };
+        r.all = r.all.saturating_sub(1);
+        r.durable = r.durable.saturating_sub(u32::from(durable));
+        if r.all == 0 {
+            self.refs.remove(&ino);
+            return true;
+        }
+        false
     }
 
     /// Called before a node's attributes change.
@@ -264,10 +293,22 @@ impl Durable {
             changes: Vec::new(),
         });
         log.changes.push((order, new));
+        let dropped: Vec<(u64, Option<u64>)> = if log.changes.len() > MAX_NAME_CHANGES {
+            let keep_from = log.changes.len() - 1;
+            log.changes.drain(..keep_from).collect()
+        } else {
+            Vec::new()
+        };
         if added_durable {
-            self.add_ref(old);
+            self.add_ref(old, true);
         }
-        self.add_ref(new);
+        self.add_ref(new, false);
+        let freed: Vec<u64> = dropped
+            .into_iter()
+            .filter_map(|(_, ino)| ino)
+            .filter(|&ino| self.drop_ref(ino, false))
+            .collect();
+        self.forget_gone(freed);
     }
 
     /// A write through an O_SYNC or O_DSYNC handle: durable when it returns.
@@ -279,13 +320,26 @@ impl Durable {
     }
 
     /// A node leaves the live tree: keep its last state if a durable name may point to it.
+    ///
+    /// If only unsynced names lead to it (a temporary file created and removed since its
+    /// directory was last fsynced), only what a disk holds of its contents is kept, not its
+    /// unsynced writes: otherwise every such file would stay in memory until the directory is
+    /// fsynced. A crash that keeps its name then shows it with its durable contents.
     pub(super) fn node_freed(&mut self, ino: u64, node: &Node) {
-        if self.refs.get(&ino).is_some_and(|&n| n > 0) {
-            let u = self.nodes.entry(ino).or_default();
-            u.gone = Some(Box::new(node.image()));
-        } else {
+        let Some(refs) = self.refs.get(&ino).copied() else {
             self.nodes.remove(&ino);
+            return;
+        };
+        let u = self.nodes.entry(ino).or_default();
+        let mut image = node.image();
+        if refs.durable == 0 {
+            if let (Some(saved), Body::File(f)) = (u.data.take(), &mut image.body) {
+                *f = saved;
+            }
+            u.changes = Vec::new();
+            u.coarse = false;
         }
+        u.gone = Some(Box::new(image));
     }
 
     /// The order of the last change made.
@@ -356,18 +410,22 @@ impl Durable {
     fn drop_refs(&mut self, logs: impl Iterator<Item = NameLog>) {
         let mut freed = Vec::new();
         for log in logs {
-            let inos = std::iter::once(log.durable).chain(log.changes.into_iter().map(|c| c.1));
-            for ino in inos.flatten() {
-                if let Some(n) = self.refs.get_mut(&ino) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.refs.remove(&ino);
-                        freed.push(ino);
-                    }
+            if let Some(ino) = log.durable {
+                if self.drop_ref(ino, true) {
+                    freed.push(ino);
+                }
+            }
+            for ino in log.changes.into_iter().filter_map(|c| c.1) {
+                if self.drop_ref(ino, false) {
+                    freed.push(ino);
                 }
             }
         }
-        // A node that left the live tree and is no longer named anywhere is gone for good.
+        self.forget_gone(freed);
+    }
+
+    /// A node that left the live tree and is no longer named anywhere is gone for good.
+    fn forget_gone(&mut self, freed: Vec<u64>) {
         for ino in freed {
             if let Some(u) = self.nodes.get_mut(&ino) {
                 if u.gone.take().is_some() {

@@ -744,3 +744,59 @@ fn a_file_rewritten_past_the_log_limit_survives_whole_or_not_at_all() {
         );
     }
 }
+
+#[test]
+fn temporary_files_removed_before_any_fsync_do_not_stay_in_memory() {
+    let d = Daemon::start(&["--trace-capacity", "0"]);
+    let status = d.rt.rawfs_ok(&["status", d.mp(), "--json"]);
+    let pid = serde_json::from_slice::<serde_json::Value>(&status.stdout).expect("status")["pid"]
+        .as_u64()
+        .expect("pid");
+    python(
+        Path::new(d.mp()),
+        "
+import os
+for i in range(300):
+    name = 'tmp%d' % (i % 5)
+    with open(name, 'wb') as f:
+        f.write(b'x' * (1 << 20))
+    os.unlink(name)
+",
+        &[],
+    );
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("daemon status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    assert!(
+        rss_kib < 150 * 1024,
+        "300 MiB written and removed, the daemon holds {rss_kib} KiB"
+    );
+}
+
+#[test]
+fn a_partial_crash_that_keeps_a_removed_files_name_shows_its_durable_contents() {
+    let mut kept = 0;
+    for seed in 0..32 {
+        let t = Tree::new(Model::Strict);
+        let fh = t.create("f", b"never synced");
+        t.0.release(fh).expect("release");
+        let ino = t.0.unlink(ROOT, OsStr::new("f")).expect("unlink");
+        // The kernel forgets it: the node leaves the live tree.
+        t.0.forget(ino, 1);
+        let attr = t.0.lookup(ROOT, OsStr::new("f"));
+        assert!(attr.is_err());
+        t.0.crash(CrashOptions {
+            keep: Keep::Random,
+            seed,
+            torn: None,
+        });
+        if let Ok(a) = t.0.lookup(ROOT, OsStr::new("f")) {
+            kept += 1;
+            assert_eq!(a.size, 0, "seed {seed}: the data was never made durable");
+        }
+    }
+    assert!(kept > 0, "some crash keeps the create and loses the unlink");
+}
