@@ -1,15 +1,25 @@
 //! `Dir`: a directory's entries, with readdir offsets that stay valid while it changes.
 //!
-//! Each entry gets a cookie from a counter that only grows; readdir offsets are cookies. A
-//! listing resumed from an offset therefore never repeats or skips an entry that stayed in the
-//! directory, whatever was added or removed meanwhile (entries added during a listing may or
-//! may not appear, as POSIX allows).
+//! Each entry gets a cookie from a counter that only goes down; readdir offsets are cookies,
+//! and a listing goes up from the last cookie it was given. A listing resumed from an offset
+//! therefore never repeats or skips an entry that stayed in the directory, whatever was added
+//! or removed meanwhile, and never shows an entry added after it started: such an entry's
+//! cookie is below every cookie the listing has yet to reach. That holds for a name removed
+//! and added again (unlink and create, rename away and back, rename over it): a listing that
+//! showed it before does not show it again, so one scan lists each name at most once.
+//!
+//! This is what tmpfs does: it links a new dentry at the head of its directory's list, behind
+//! every readdir cursor already in it. (A counter that grew instead put a re-added name ahead
+//! of the listing, which then showed it twice: `find`, `ls` and `rsync` see duplicates.)
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 
-/// First cookie handed to an entry; 1 and 2 are "." and "..".
-const FIRST_COOKIE: u64 = 3;
+/// Lowest cookie an entry may have; 1 and 2 are "." and "..".
+const MIN_COOKIE: u64 = 3;
+/// First cookie handed to an entry; each next one is one less. 2^62 entries added to one
+/// directory would take centuries at any rate rawfs can create them.
+const FIRST_COOKIE: u64 = 1 << 62;
 
 /// A directory's entries.
 #[derive(Clone, Debug)]
@@ -57,7 +67,11 @@ impl Dir {
             return;
         }
         let cookie = self.next_cookie;
-        self.next_cookie += 1;
+        assert!(
+            cookie >= MIN_COOKIE,
+            "readdir cookies of a directory exhausted"
+        );
+        self.next_cookie -= 1;
         self.by_name.insert(name.to_owned(), (ino, cookie));
         self.by_cookie.insert(cookie, name.to_owned());
     }
@@ -91,6 +105,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_resumed_listing_shows_no_name_twice_and_nothing_added_after_it_began() {
+        let mut d = Dir::new(1);
+        for n in ["a", "b", "c"] {
+            d.insert(OsStr::new(n), 10);
+        }
+        let first = d.entries_after(2, 1);
+        let listed = first[0].1.clone();
+        // The listed name goes and comes back; another name comes and another is replaced.
+        d.remove(&listed);
+        d.insert(&listed, 12);
+        d.insert(OsStr::new("new"), 13);
+        let rest: Vec<OsString> = d
+            .entries_after(first[0].0, 10)
+            .into_iter()
+            .map(|e| e.1)
+            .collect();
+        assert!(!rest.contains(&listed), "{listed:?} listed twice: {rest:?}");
+        assert!(!rest.contains(&OsString::from("new")), "{rest:?}");
+        assert_eq!(rest.len(), 2, "the two names that stayed: {rest:?}");
+        // A new listing shows everything once.
+        assert_eq!(d.entries_after(2, 10).len(), 4);
+    }
+
+    #[test]
     fn offsets_survive_removal_and_insertion() {
         let mut d = Dir::new(1);
         for n in ["a", "b", "c", "d"] {
@@ -106,6 +144,9 @@ mod tests {
             .into_iter()
             .map(|e| e.1)
             .collect();
-        assert_eq!(rest, vec![OsString::from("d"), OsString::from("e")]);
+        // Newest first: the first two were "d" and "c"; of the rest, "a" went, and "e" came
+        // after the listing began.
+        assert_eq!(first[1].1, OsString::from("c"));
+        assert_eq!(rest, vec![OsString::from("b")]);
     }
 }

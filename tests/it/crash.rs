@@ -654,6 +654,8 @@ impl Tree {
             );
         }
         self.0.releasedir(fh).expect("releasedir");
+        // In name order (readdir lists the newest first, as tmpfs does).
+        names.sort();
         names
     }
 }

@@ -927,3 +927,78 @@ fn the_live_trace_header_is_the_daemons_and_status_shows_rules_and_holds() {
     let out = s.run(&[os("fault"), os("clear"), mp]);
     assert_eq!(stderr(&out), "removed 1 rule\n");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 12: one scan of a directory lists each name at most once, while names come and go.
+
+/// Lists `dir` with readdir until `stop`, returning (scans, scans that listed a name twice,
+/// an example).
+fn scan_for_duplicates(
+    dir: &Path,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (u64, u64, Option<String>) {
+    use std::collections::HashSet;
+    let (mut scans, mut bad, mut example) = (0, 0, None);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut seen = HashSet::new();
+        let mut twice = None;
+        for e in fs::read_dir(dir).unwrap() {
+            let name = e.unwrap().file_name();
+            if !seen.insert(name.clone()) {
+                twice = Some(name);
+            }
+        }
+        scans += 1;
+        if let Some(name) = twice {
+            bad += 1;
+            example.get_or_insert(format!("{name:?}"));
+        }
+    }
+    (scans, bad, example)
+}
+
+#[test]
+fn one_readdir_scan_lists_each_name_at_most_once_under_create_rename_unlink() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(m) = common::mount() else {
+        return;
+    };
+    let dir = m.join("d");
+    fs::create_dir(&dir).unwrap();
+    // Enough names that a scan takes several readdir requests, so that it is resumed from
+    // an offset while the names change.
+    for i in 0..400 {
+        fs::write(dir.join(format!("stable-{i:03}")), b"").unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    let (scans, bad, example) = std::thread::scope(|s| {
+        for t in 0..2 {
+            let (dir, stop) = (&dir, &stop);
+            s.spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let (a, b) = (
+                        dir.join(format!("c{t}-{}", i % 8)),
+                        dir.join(format!("r{t}-{}", i % 8)),
+                    );
+                    let _ = fs::write(&a, b"");
+                    let _ = fs::rename(&a, &b);
+                    // Renamed over a name that may have been listed already.
+                    let _ = fs::write(&a, b"");
+                    let _ = fs::rename(&b, &a);
+                    let _ = fs::remove_file(&a);
+                    i += 1;
+                }
+            });
+        }
+        let lister = s.spawn(|| scan_for_duplicates(&dir, &stop));
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+        lister.join().unwrap()
+    });
+    assert!(scans > 20, "only {scans} scans");
+    assert_eq!(
+        bad, 0,
+        "{bad} of {scans} scans listed a name twice (e.g. {example:?})"
+    );
+}
