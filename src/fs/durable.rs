@@ -480,7 +480,9 @@ pub struct FileLoss {
     pub size: u64,
     /// Size after the crash.
     pub size_after: u64,
-    /// Byte ranges written and lost, as (offset, length), merged and in offset order.
+    /// Byte ranges whose live contents are lost (written, or zeroed by a hole punch or a
+    /// truncate and grown back, and not made durable), as (offset, length), merged and in
+    /// offset order.
     pub lost: Vec<(u64, u64)>,
     /// Writes that survive in part, as (offset, bytes kept, length).
     pub torn: Vec<(u64, u64, u64)>,
@@ -834,6 +836,10 @@ pub(super) fn plan(
         } else if let Some(saved) = &u.data {
             let mut data = saved.clone();
             let mut budget = Space::unlimited();
+            // The live size before each change, and at the end: a lost truncate or hole
+            // punch loses the zeros it left inside the live file.
+            let mut size = saved.size();
+            let live_size = live_data.map_or(0, FileData::size);
             for (order, c) in &u.changes {
                 let kept = draw.keep_data(*order);
                 match c {
@@ -851,8 +857,24 @@ pub(super) fn plan(
                     DataChange::Zero { offset, len } if kept => {
                         data.punch_hole(*offset, *len, &mut budget)
                     }
-                    DataChange::Size(_) | DataChange::Zero { .. } => {}
+                    DataChange::Size(s) => {
+                        let end = size.min(live_size);
+                        if *s < end {
+                            loss.lost.push((*s, end - *s));
+                        }
+                    }
+                    DataChange::Zero { offset, len } => {
+                        let end = offset.saturating_add(*len).min(size).min(live_size);
+                        if *offset < end {
+                            loss.lost.push((*offset, end - *offset));
+                        }
+                    }
                 }
+                size = match c {
+                    DataChange::Write(e) => size.max(e.offset + e.len),
+                    DataChange::Size(s) => *s,
+                    DataChange::Zero { .. } => size,
+                };
             }
             loss.size = live_data.map_or(0, FileData::size);
             loss.size_after = data.size();

@@ -188,6 +188,13 @@ pub(crate) enum Op {
     FdStat { slot: u8 },
     /// ftruncate(2) of a slot.
     FdTruncate { slot: u8, size: u64 },
+    /// open(2) `O_RDONLY` (a directory too), fsync(2), close.
+    Fsync { path: &'static str },
+    /// fsync(2), or fdatasync(2) with `datasync`, of a slot.
+    FdFsync { slot: u8, datasync: bool },
+    /// A power cut: `Fs::crash` with the default options (every unsynced change lost). Not a
+    /// system call: only the model test ([`crate::model`]) runs it, never through a kernel.
+    Crash,
 }
 
 impl Op {
@@ -200,7 +207,8 @@ impl Op {
             | Op::FdWrite { slot, .. }
             | Op::FdRead { slot, .. }
             | Op::FdStat { slot }
-            | Op::FdTruncate { slot, .. } => Some(slot),
+            | Op::FdTruncate { slot, .. }
+            | Op::FdFsync { slot, .. } => Some(slot),
             _ => None,
         }
     }
@@ -212,7 +220,9 @@ impl Op {
             | Op::FdWrite { .. }
             | Op::FdRead { .. }
             | Op::FdStat { .. }
-            | Op::FdTruncate { .. } => vec![],
+            | Op::FdTruncate { .. }
+            | Op::FdFsync { .. }
+            | Op::Crash => vec![],
             Op::Mkdir { path, .. }
             | Op::Rmdir { path }
             | Op::Mknod { path, .. }
@@ -233,6 +243,7 @@ impl Op {
             | Op::Readdir { path }
             | Op::Fallocate { path, .. }
             | Op::Utimens { path }
+            | Op::Fsync { path }
             | Op::Open { path, .. } => vec![path],
         }
     }
@@ -837,6 +848,16 @@ impl Tree {
             Op::FdTruncate { slot, size } => {
                 ok(unsafe { libc::ftruncate(self.fd(slot)?, size as i64) })
             }
+            Op::FdFsync { slot, datasync } => {
+                let fd = self.fd(slot)?;
+                ok(unsafe {
+                    if datasync {
+                        libc::fdatasync(fd)
+                    } else {
+                        libc::fsync(fd)
+                    }
+                })
+            }
             _ => execute(&self.root, op),
         }
     }
@@ -1034,12 +1055,19 @@ fn execute(root: &Path, op: &Op) -> Result<Value, Errno> {
             })
         }
         Op::Utimens { path } => ok(utimens_at(&p(path), SET_TIME)),
+        Op::Fsync { path } => with_fd(&p(path), libc::O_RDONLY, 0, |fd| {
+            ok(unsafe { libc::fsync(fd) })
+        }),
         Op::Open { .. }
         | Op::Close { .. }
         | Op::FdWrite { .. }
         | Op::FdRead { .. }
         | Op::FdStat { .. }
-        | Op::FdTruncate { .. } => unreachable!("descriptor steps run in Tree::execute"),
+        | Op::FdTruncate { .. }
+        | Op::FdFsync { .. } => unreachable!("descriptor steps run in Tree::execute"),
+        Op::Crash => unreachable!(
+            "a power cut is not a system call: only the model test generates Op::Crash"
+        ),
     }
 }
 

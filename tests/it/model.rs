@@ -6,7 +6,17 @@
 //! - [`fs_matches_model`]: random scripts run directly on the core [`rawfs::fs::Fs`] (no
 //!   mount) against a small reference model of names, kinds, contents, link counts and
 //!   allocated pages, with the whole tree and the inode and space counts checked after every
-//!   step.
+//!   step. Scripts also fsync, fdatasync and cut the power (`Fs::crash`, every unsynced
+//!   change lost, under the default `strict` persistence model): the model keeps what a disk
+//!   would hold by POSIX's rules (see [`Model`]), and after a crash the tree must equal it,
+//!   every descriptor opened before must fail with EIO, and a crash that changes what the
+//!   tree shows must report a loss.
+//! - [`crashes_match_model`]: the same check, with scripts weighted towards what a power cut
+//!   makes interesting: directories moved between directories synced at different times,
+//!   descriptors open across the cut.
+//!
+//! Not modelled: the `ext4-ordered` model, partial crashes (`--keep random`, `--torn`),
+//! O_SYNC writes, xattrs and times in the durable state, symlinks and special files.
 //!
 //! Failures are not persisted to files: a shrunk failure is frozen here as a named
 //! `regression_*` test instead.
@@ -19,8 +29,8 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 
-use rawfs::Errno;
 use rawfs::fs::{Allocate, Caller, Fs, FsOptions, Kind, ROOT, RenameMode, SetAttr};
+use rawfs::{CrashOptions, Errno, Losses};
 
 use crate::differential::{
     Bytes, Falloc, Mode, Op, Stat, Tmpfs, Value, XFlags, differential, fresh_dir, listing, pattern,
@@ -35,6 +45,8 @@ const TOP: &[&str] = &["a", "b", "d1", "d2"];
 const DEEP: &[&str] = &[
     "d1/a", "d1/b", "d1/d1", "d1/d2", "d2/a", "d2/b", "d2/d1", "d2/d2",
 ];
+/// Where the setup makes directories, and a level below.
+const DIRS: &[&str] = &["d1", "d2", "d1/d1", "d1/d2", "d2/d1", "d2/d2"];
 const DEEPER: &[&str] = &["d1/d2/a", "d1/d2/b", "d1/d2/d1", "d2/d1/a"];
 /// Paths only the kernel-level scripts use: symlinks, trailing slashes, dot entries, names
 /// that are too long.
@@ -154,6 +166,43 @@ fn fs_op() -> impl Strategy<Value = Op> {
         1 => (0u8..3, offset(), len()).prop_map(|(slot, offset, len)| Op::FdRead { slot, offset, len }),
         1 => (0u8..3).prop_map(|slot| Op::FdStat { slot }),
         1 => (0u8..3, select(SIZES)).prop_map(|(slot, size)| Op::FdTruncate { slot, size }),
+        1 => (p(), select(MODES)).prop_map(|(path, mode)| Op::Chmod { path, mode }),
+        3 => prop_oneof![1 => Just("."), 2 => p()].prop_map(|path| Op::Fsync { path }),
+        1 => (0u8..3, any::<bool>()).prop_map(|(slot, datasync)| Op::FdFsync { slot, datasync }),
+        1 => Just(Op::Crash),
+    ]
+}
+
+/// The operations that matter to a power cut, weighted so that a script often renames a
+/// directory between directories synced differently, or uses a descriptor opened before the
+/// cut: names, syncs, descriptors and crashes.
+fn crash_op() -> impl Strategy<Value = Op> {
+    let p = plain_path;
+    prop_oneof![
+        2 => (p(), select(MODES)).prop_map(|(path, mode)| Op::Mkdir { path, mode }),
+        1 => p().prop_map(|path| Op::Rmdir { path }),
+        2 => (p(), select(MODES), any::<bool>(), any::<bool>())
+            .prop_map(|(path, mode, excl, trunc)| Op::Create { path, mode, excl, trunc }),
+        2 => (p(), offset(), len(), any::<u8>())
+            .prop_map(|(path, offset, len, seed)| Op::Write { path, offset, len, seed }),
+        1 => (p(), select(SIZES)).prop_map(|(path, size)| Op::Truncate { path, size }),
+        1 => p().prop_map(|path| Op::Unlink { path }),
+        2 => (p(), p(), rename_mode()).prop_map(|(from, to, mode)| Op::Rename { from, to, mode }),
+        // Directories moved between directories: both names may be durable.
+        6 => (select(DIRS), select(DIRS), rename_mode())
+            .prop_map(|(from, to, mode)| Op::Rename { from, to, mode }),
+        1 => (p(), p()).prop_map(|(from, to)| Op::Link { from, to }),
+        1 => (p(), select(MODES)).prop_map(|(path, mode)| Op::Chmod { path, mode }),
+        5 => prop_oneof![select(&[".", "d1", "d2"][..]), p()].prop_map(|path| Op::Fsync { path }),
+        3 => (0u8..2, p(), any::<bool>()).prop_map(|(slot, path, write)| Op::Open { slot, path, write }),
+        1 => (0u8..2).prop_map(|slot| Op::Close { slot }),
+        2 => (0u8..2, offset(), len(), any::<u8>())
+            .prop_map(|(slot, offset, len, seed)| Op::FdWrite { slot, offset, len, seed }),
+        1 => (0u8..2, offset(), len()).prop_map(|(slot, offset, len)| Op::FdRead { slot, offset, len }),
+        1 => (0u8..2).prop_map(|slot| Op::FdStat { slot }),
+        1 => (0u8..2, select(SIZES)).prop_map(|(slot, size)| Op::FdTruncate { slot, size }),
+        2 => (0u8..2, any::<bool>()).prop_map(|(slot, datasync)| Op::FdFsync { slot, datasync }),
+        2 => Just(Op::Crash),
     ]
 }
 
@@ -208,6 +257,29 @@ fn setup(kernel: bool) -> Vec<Op> {
             to: "d2/a",
         },
     ];
+    if !kernel {
+        // Made durable, so that a power cut leaves something: any part of it, as the steps
+        // are a random subsequence.
+        for path in ["a", "d1/a", "d1/d2", "d1", "d2", "."] {
+            ops.push(Op::Fsync { path });
+        }
+        // An attribute change not yet durable, and descriptors open across the steps (and
+        // across a power cut).
+        ops.push(Op::Chmod {
+            path: "a",
+            mode: 0o640,
+        });
+        ops.push(Op::Open {
+            slot: 0,
+            path: "a",
+            write: true,
+        });
+        ops.push(Op::Open {
+            slot: 1,
+            path: "d1",
+            write: false,
+        });
+    }
     if kernel {
         ops.push(Op::Symlink {
             target: "d1",
@@ -225,15 +297,26 @@ fn setup(kernel: bool) -> Vec<Op> {
 
 /// A setup prefix, then `body` random steps.
 fn script(kernel: bool, body: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Op>> {
-    let setup = setup(kernel);
-    let n = setup.len();
     let ops = if kernel {
         kernel_op().boxed()
     } else {
         fs_op().boxed()
     };
+    script_of(kernel, usize::MAX, ops, body)
+}
+
+/// A setup prefix (all of it but up to `drop` steps, any subsequence with `drop` = its
+/// length), then `body` steps drawn from `ops`.
+fn script_of(
+    kernel: bool,
+    drop: usize,
+    ops: BoxedStrategy<Op>,
+    body: std::ops::Range<usize>,
+) -> impl Strategy<Value = Vec<Op>> {
+    let setup = setup(kernel);
+    let n = setup.len();
     (
-        proptest::sample::subsequence(setup, 0..=n),
+        proptest::sample::subsequence(setup, n.saturating_sub(drop)..=n),
         proptest::collection::vec(ops, body),
     )
         .prop_map(|(mut s, body)| {
@@ -291,6 +374,75 @@ fn random_scripts_match_tmpfs() {
     }
 }
 
+/// fsync(2), fdatasync(2) and fsync of a directory through the kernel: they succeed or fail
+/// as on tmpfs, and change no time.
+#[test]
+fn fsync_steps_match_tmpfs() {
+    check_mounted(&[
+        Op::Mkdir {
+            path: "d1",
+            mode: 0o755,
+        },
+        Op::Write {
+            path: "d1/a",
+            offset: 0,
+            len: 10,
+            seed: 1,
+        },
+        Op::Create {
+            path: "d1/a",
+            mode: 0o644,
+            excl: false,
+            trunc: false,
+        },
+        Op::Write {
+            path: "d1/a",
+            offset: 0,
+            len: 5000,
+            seed: 1,
+        },
+        Op::Fsync { path: "d1/a" },
+        Op::Fsync { path: "d1" },
+        Op::Fsync { path: "." },
+        Op::Fsync { path: "d2" },
+        Op::Fsync { path: "d1/a/b" },
+        Op::Open {
+            slot: 0,
+            path: "d1/a",
+            write: true,
+        },
+        Op::FdWrite {
+            slot: 0,
+            offset: 4000,
+            len: 100,
+            seed: 2,
+        },
+        Op::FdFsync {
+            slot: 0,
+            datasync: true,
+        },
+        Op::FdFsync {
+            slot: 0,
+            datasync: false,
+        },
+        Op::Open {
+            slot: 1,
+            path: "d1",
+            write: false,
+        },
+        Op::FdFsync {
+            slot: 1,
+            datasync: false,
+        },
+        Op::FdFsync {
+            slot: 2,
+            datasync: false,
+        },
+        Op::Close { slot: 0 },
+        Op::Close { slot: 1 },
+    ]);
+}
+
 /// Runs a frozen script through the kernel on both sides.
 fn check_mounted(script: &[Op]) {
     let m = mount_or_skip!();
@@ -312,6 +464,9 @@ const PAGE: u64 = 4096;
 /// tmpfs's (and rawfs's) directory size per entry, "." and ".." included.
 const DIRENT: u64 = 20;
 
+/// Every path of a tree with its stat and file contents.
+type Tree = BTreeMap<String, (Stat, Option<Bytes>)>;
+
 /// One node of the model. Link counts are not stored: they follow from the tree.
 #[derive(Clone, Debug)]
 enum MNode {
@@ -328,13 +483,51 @@ enum MNode {
     },
 }
 
+/// One open descriptor of the model.
+#[derive(Clone, Copy, Debug)]
+struct MHandle {
+    node: usize,
+    /// Opened for writing.
+    write: bool,
+    /// Opened before a power cut: using it fails with EIO, closing it succeeds.
+    stale: bool,
+}
+
 /// The reference: nodes by id (0 is the root); a node with no name left is removed.
+///
+/// Beside the live `nodes`, `durable` holds what a disk would hold after a power cut under
+/// rawfs's `strict` persistence model (POSIX's promises only, docs/crash.md), kept the naive
+/// way: a full image of every node, changed only by the syncs that POSIX says make something
+/// durable.
+///
+/// - A new node's durable image is its creation image: an empty file, or an empty directory,
+///   with the mode it was made with. No durable entry names it yet.
+/// - fsync of a file makes its data, size, allocated pages and mode durable; fdatasync the
+///   same but the mode.
+/// - fsync (or fdatasync) of a directory makes its entries and its mode durable: each name
+///   then durably points at whatever node it names now (whose own durable image may still be
+///   its creation image).
+/// - Nothing else is ever durable: not a rename, not an unlink, not a write.
+/// - A power cut ([`Model::crash`]) replaces the live tree with what the durable entries reach
+///   from the root. Link counts follow from that tree; a node no durable name reaches is gone
+///   (but a descriptor still open on it keeps an unlinked, empty node alive, with the mode it
+///   had, until it is closed); every descriptor becomes stale. The new tree is all durable.
+/// - Both sides of a rename that was never made durable may survive (the old directory never
+///   fsynced, the new one fsynced). A file then has both names (and a link count of 2). A
+///   directory keeps one name, the first the walk meets, as rawfs's crash does: the walk pops
+///   directories from a stack (last found, first walked), starting from the root, and looks at
+///   each directory's names in byte order; a directory found a second time is not listed there.
+///   So if `/d1/x` and `/d2/x` both durably name one directory, `/d2/x` is kept (d2 is walked
+///   first, having been pushed last), whichever of the two names is the newer.
 #[derive(Clone, Debug)]
 struct Model {
     nodes: BTreeMap<usize, MNode>,
     next: usize,
-    /// Open descriptors: slot -> (node, opened for writing).
-    handles: BTreeMap<u8, (usize, bool)>,
+    /// Open descriptors by slot.
+    handles: BTreeMap<u8, MHandle>,
+    /// Each node's durable image, for every node made since the last power cut (a node that
+    /// left the live tree may still be named by a durable entry).
+    durable: BTreeMap<usize, MNode>,
 }
 
 fn split(path: &str) -> (&str, &str) {
@@ -356,6 +549,7 @@ impl Model {
             },
         );
         Model {
+            durable: nodes.clone(),
             nodes,
             next: 1,
             handles: BTreeMap::new(),
@@ -444,7 +638,7 @@ impl Model {
     /// Drops nodes no name reaches any more.
     fn collect(&mut self) {
         // Open descriptors keep their nodes (unlinked or not) alive.
-        let mut live: BTreeSet<usize> = self.handles.values().map(|h| h.0).collect();
+        let mut live: BTreeSet<usize> = self.handles.values().map(|h| h.node).collect();
         live.insert(0);
         let mut todo: Vec<usize> = live.iter().copied().collect();
         while let Some(id) = todo.pop() {
@@ -462,6 +656,8 @@ impl Model {
     fn add(&mut self, parent: usize, name: &str, node: MNode) {
         let id = self.next;
         self.next += 1;
+        // What the disk holds of it: its creation image, with no name yet.
+        self.durable.insert(id, node.clone());
         self.nodes.insert(id, node);
         self.entries_mut(parent).insert(name.to_string(), id);
     }
@@ -495,6 +691,90 @@ impl Model {
             data[offset as usize..end as usize].copy_from_slice(bytes);
         }
         Ok(Value::Count(bytes.len() as u64))
+    }
+
+    /// The open descriptor in `slot`, for a step that uses it: EBADF if the slot holds none,
+    /// EIO if it was opened before a power cut.
+    fn handle(&self, slot: u8) -> Result<MHandle, Errno> {
+        match self.handles.get(&slot) {
+            None => Err(Errno::EBADF),
+            Some(h) if h.stale => Err(Errno::EIO),
+            Some(h) => Ok(*h),
+        }
+    }
+
+    /// fsync(2) (or, with `datasync`, fdatasync(2)) of node `id`.
+    fn fsync(&mut self, id: usize, datasync: bool) {
+        let live = self.nodes[&id].clone();
+        let image = match (live, self.durable.get(&id)) {
+            (
+                MNode::File { data, pages, .. },
+                Some(MNode::File {
+                    perm: durable_perm, ..
+                }),
+            ) if datasync => MNode::File {
+                perm: *durable_perm,
+                data,
+                pages,
+            },
+            (live, _) => live,
+        };
+        self.durable.insert(id, image);
+    }
+
+    /// A power cut: the live tree becomes what the durable entries reach from the root.
+    fn crash(&mut self) {
+        let mut after: BTreeMap<usize, MNode> = BTreeMap::new();
+        let mut parents = BTreeMap::from([(0, 0)]);
+        let mut seen = BTreeSet::from([0]);
+        let mut stack = vec![0];
+        while let Some(dir) = stack.pop() {
+            let MNode::Dir { perm, entries, .. } = &self.durable[&dir] else {
+                unreachable!("only directories are pushed");
+            };
+            let mut kept = BTreeMap::new();
+            for (name, &child) in entries {
+                if matches!(self.durable[&child], MNode::Dir { .. }) {
+                    if !seen.insert(child) {
+                        continue; // met before: the first name wins
+                    }
+                    parents.insert(child, dir);
+                    stack.push(child);
+                } else {
+                    seen.insert(child);
+                }
+                kept.insert(name.clone(), child);
+            }
+            let dir_node = MNode::Dir {
+                perm: *perm,
+                parent: parents[&dir],
+                entries: kept,
+            };
+            after.insert(dir, dir_node);
+        }
+        for &id in &seen {
+            after.entry(id).or_insert_with(|| self.durable[&id].clone());
+        }
+        self.durable = after.clone();
+        // A descriptor keeps its node alive; one the crash removed is left unlinked and empty.
+        for h in self.handles.values_mut() {
+            h.stale = true;
+            after
+                .entry(h.node)
+                .or_insert_with(|| match &self.nodes[&h.node] {
+                    MNode::File { perm, .. } => MNode::File {
+                        perm: *perm,
+                        data: Vec::new(),
+                        pages: BTreeSet::new(),
+                    },
+                    MNode::Dir { perm, .. } => MNode::Dir {
+                        perm: *perm,
+                        parent: h.node,
+                        entries: BTreeMap::new(),
+                    },
+                });
+        }
+        self.nodes = after;
     }
 
     /// `ancestor` is `id` or one of its parents.
@@ -636,7 +916,12 @@ impl Model {
                 if write && self.is_dir(id) {
                     return Err(Errno::EISDIR);
                 }
-                self.handles.insert(slot, (id, write));
+                let h = MHandle {
+                    node: id,
+                    write,
+                    stale: false,
+                };
+                self.handles.insert(slot, h);
                 Ok(Value::Done)
             }
             Op::Close { slot } => {
@@ -648,26 +933,63 @@ impl Model {
                 offset,
                 len,
                 seed,
-            } => match self.handles.get(&slot).copied() {
-                Some((id, true)) => self.write(id, Some(offset), &pattern(len, seed)),
-                _ => Err(Errno::EBADF),
-            },
+            } => {
+                // The kernel refuses a descriptor not open for writing before asking rawfs.
+                if !self.handles.get(&slot).is_some_and(|h| h.write) {
+                    return Err(Errno::EBADF);
+                }
+                let h = self.handle(slot)?;
+                self.write(h.node, Some(offset), &pattern(len, seed))
+            }
             Op::FdRead { slot, offset, len } => {
-                let (id, _) = *self.handles.get(&slot).ok_or(Errno::EBADF)?;
+                // The kernel refuses to read a directory before asking rawfs.
+                let h = self.handles.get(&slot).ok_or(Errno::EBADF)?;
+                if self.is_dir(h.node) {
+                    return Err(Errno::EISDIR);
+                }
+                let id = self.handle(slot)?.node;
                 let (data, _) = self.file(id)?;
                 let start = (offset as usize).min(data.len());
                 let end = (start + len).min(data.len());
                 Ok(Value::Bytes(Bytes(data[start..end].to_vec())))
             }
             Op::FdStat { slot } => {
-                let (id, _) = *self.handles.get(&slot).ok_or(Errno::EBADF)?;
-                Ok(Value::Stat(self.stat(id)))
+                // Also through a stale descriptor: the node as the crash left it.
+                let h = self.handles.get(&slot).ok_or(Errno::EBADF)?;
+                Ok(Value::Stat(self.stat(h.node)))
             }
             Op::FdTruncate { slot, size } => match self.handles.get(&slot).copied() {
                 None => Err(Errno::EBADF),
-                Some((_, false)) => Err(Errno::EINVAL),
-                Some((id, true)) => self.truncate(id, size).map(|()| Value::Done),
+                Some(MHandle { write: false, .. }) => Err(Errno::EINVAL),
+                Some(_) => {
+                    let id = self.handle(slot)?.node;
+                    self.truncate(id, size).map(|()| Value::Done)
+                }
             },
+            Op::Chmod { path, mode } => {
+                let id = self.resolve(path)?;
+                match self.nodes.get_mut(&id) {
+                    Some(MNode::File { perm, .. } | MNode::Dir { perm, .. }) => {
+                        *perm = mode & 0o7777;
+                    }
+                    None => unreachable!("resolved"),
+                }
+                Ok(Value::Done)
+            }
+            Op::Fsync { path } => {
+                let id = self.resolve(path)?;
+                self.fsync(id, false);
+                Ok(Value::Done)
+            }
+            Op::FdFsync { slot, datasync } => {
+                let id = self.handle(slot)?.node;
+                self.fsync(id, datasync);
+                Ok(Value::Done)
+            }
+            Op::Crash => {
+                self.crash();
+                Ok(Value::Done)
+            }
             Op::Fallocate {
                 path,
                 mode,
@@ -756,7 +1078,7 @@ impl Model {
     }
 
     /// Every path with its stat and file contents.
-    fn tree(&self) -> BTreeMap<String, (Stat, Option<Bytes>)> {
+    fn tree(&self) -> Tree {
         let mut out = BTreeMap::new();
         let mut todo = vec![(".".to_string(), 0usize)];
         while let Some((path, id)) = todo.pop() {
@@ -800,6 +1122,8 @@ struct FsDriver {
     /// Open descriptors: slot -> (handle, inode, opened for writing). Like the kernel, the
     /// driver holds a lookup reference on the inode while it is open.
     slots: std::cell::RefCell<BTreeMap<u8, (u64, u64, bool)>>,
+    /// What the last power cut reported lost.
+    losses: std::cell::RefCell<Option<Losses>>,
 }
 
 fn fs_stat(a: &rawfs::fs::Attr) -> Stat {
@@ -831,6 +1155,7 @@ impl FsDriver {
                 model: Default::default(),
             }),
             slots: Default::default(),
+            losses: Default::default(),
         }
     }
 
@@ -953,12 +1278,20 @@ impl FsDriver {
                 len,
                 seed,
             } => {
-                let (fh, _, _) = self.slot(slot)?;
+                let (fh, _, write) = self.slot(slot)?;
+                // The VFS refuses a descriptor not open for writing.
+                if !write {
+                    return Err(Errno::EBADF);
+                }
                 let n = self.fs.write(c, fh, offset, &pattern(len, seed))?;
                 Ok(Value::Count(u64::from(n)))
             }
             Op::FdRead { slot, offset, len } => {
-                let (fh, _, _) = self.slot(slot)?;
+                let (fh, ino, _) = self.slot(slot)?;
+                // The VFS refuses to read a directory.
+                if self.fs.getattr(ino)?.kind == Kind::Dir {
+                    return Err(Errno::EISDIR);
+                }
                 Ok(Value::Bytes(Bytes(self.fs.read(fh, offset, len as u32)?)))
             }
             Op::FdStat { slot } => {
@@ -966,16 +1299,47 @@ impl FsDriver {
                 Ok(Value::Stat(fs_stat(&self.fs.getattr(ino)?)))
             }
             Op::FdTruncate { slot, size } => {
-                let (_, ino, write) = self.slot(slot)?;
+                let (fh, ino, write) = self.slot(slot)?;
                 // The VFS refuses ftruncate on a descriptor not open for writing.
                 if !write {
                     return Err(Errno::EINVAL);
                 }
+                // ftruncate(2) names the handle (FATTR_FH), and one from before a power cut
+                // must fail. Fs::setattr takes no handle: the caller asks about it first.
+                self.fs.handle_flags(fh)?;
                 let set = SetAttr {
                     size: Some(size),
                     ..SetAttr::default()
                 };
                 self.fs.setattr(ino, &set).map(|_| Value::Done)
+            }
+            Op::Chmod { path, mode } => {
+                let ino = self.resolve(path)?;
+                let set = SetAttr {
+                    mode: Some(mode),
+                    ..SetAttr::default()
+                };
+                self.fs.setattr(ino, &set).map(|_| Value::Done)
+            }
+            Op::Fsync { path } => {
+                let ino = self.resolve(path)?;
+                let fh = if self.fs.getattr(ino)?.kind == Kind::Dir {
+                    self.fs.opendir(ino, libc::O_RDONLY)?
+                } else {
+                    self.fs.open(ino, libc::O_RDONLY)?
+                };
+                let r = self.fs.fsync(fh, false);
+                self.fs.release(fh).expect("release");
+                r.map(|()| Value::Done)
+            }
+            Op::FdFsync { slot, datasync } => {
+                let (fh, _, _) = self.slot(slot)?;
+                self.fs.fsync(fh, datasync).map(|()| Value::Done)
+            }
+            Op::Crash => {
+                let crashed = self.fs.crash(CrashOptions::default());
+                *self.losses.borrow_mut() = Some(crashed.losses);
+                Ok(Value::Done)
             }
             Op::Mkdir { path, mode } => {
                 let (p, name) = self.resolve_parent(path)?;
@@ -1075,7 +1439,7 @@ impl FsDriver {
         }
     }
 
-    fn tree(&self) -> BTreeMap<String, (Stat, Option<Bytes>)> {
+    fn tree(&self) -> Tree {
         let mut out = BTreeMap::new();
         let mut todo = vec![(".".to_string(), ROOT)];
         while let Some((path, ino)) = todo.pop() {
@@ -1118,6 +1482,7 @@ fn check_model(script: &[Op]) -> Result<(), String> {
     let mut model = Model::new();
     // After the script, every descriptor is closed: orphans must go.
     let close_all: Vec<Op> = (0..3).map(|slot| Op::Close { slot }).collect();
+    let mut before = model.tree();
     for (i, op) in script.iter().chain(&close_all).enumerate() {
         let got = fs.apply(op);
         let want = model.apply(op);
@@ -1135,6 +1500,35 @@ fn check_model(script: &[Op]) -> Result<(), String> {
             )));
         }
         let (gt, wt) = (fs.tree(), model.tree());
+        // A power cut that changed what the tree shows must have said what it lost (pages
+        // allocated past the end of a file aside: no byte or size changes with them).
+        if let Some(losses) = fs.losses.take() {
+            let shown = |t: &Tree| -> Tree {
+                t.iter()
+                    .map(|(k, (st, data))| {
+                        let st = Stat {
+                            blocks: None,
+                            ..*st
+                        };
+                        (k.clone(), (st, data.clone()))
+                    })
+                    .collect()
+            };
+            let before = shown(&before);
+            if losses.is_empty() && shown(&wt) != before {
+                let mut diff = String::new();
+                for k in before.keys().chain(wt.keys()).collect::<BTreeSet<_>>() {
+                    if before.get(k) != wt.get(k) {
+                        diff.push_str(&format!(
+                            "  {k}:\n    before: {:?}\n    after: {:?}\n",
+                            before.get(k),
+                            wt.get(k)
+                        ));
+                    }
+                }
+                return Err(fail(format!("the crash reported no loss, but:\n{diff}")));
+            }
+        }
         if gt != wt {
             let mut diff = String::new();
             for k in gt.keys().chain(wt.keys()).collect::<BTreeSet<_>>() {
@@ -1160,6 +1554,7 @@ fn check_model(script: &[Op]) -> Result<(), String> {
                 "{bytes} bytes in use, the model has {want_bytes}"
             )));
         }
+        before = wt;
     }
     Ok(())
 }
@@ -1176,6 +1571,15 @@ proptest! {
 
     #[test]
     fn fs_matches_model(ops in script(false, 1..40)) {
+        check_model(&ops).map_err(TestCaseError::fail)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config(128))]
+
+    #[test]
+    fn crashes_match_model(ops in script_of(false, 4, crash_op().boxed(), 1..30)) {
         check_model(&ops).map_err(TestCaseError::fail)?;
     }
 }
@@ -1214,6 +1618,166 @@ fn model_check_can_fail() {
     assert_ne!(fs.apply(&read), model.apply(&read));
 }
 
+#[test]
+fn model_crash_check_can_fail() {
+    // The same for power cuts: a sync the model is not told about must show after a crash,
+    // in the tree (the file keeps its data in rawfs, not in the model) and in a stale
+    // descriptor (one the model alone has seen a crash for).
+    let fs = FsDriver::new();
+    let mut model = Model::new();
+    let script = [
+        Op::Create {
+            path: "a",
+            mode: 0o644,
+            excl: false,
+            trunc: false,
+        },
+        Op::Write {
+            path: "a",
+            offset: 0,
+            len: 3,
+            seed: 1,
+        },
+        Op::Fsync { path: "." },
+        Op::Open {
+            slot: 0,
+            path: "a",
+            write: false,
+        },
+    ];
+    for op in &script {
+        assert_eq!(fs.apply(op), model.apply(op));
+    }
+    assert_eq!(fs.apply(&Op::Fsync { path: "a" }), Ok(Value::Done));
+    assert_eq!(fs.apply(&Op::Crash), model.apply(&Op::Crash));
+    assert_eq!(fs.tree().into_keys().collect::<Vec<_>>(), [".", "a"]);
+    assert_ne!(fs.tree(), model.tree());
+    let read = Op::FdRead {
+        slot: 0,
+        offset: 0,
+        len: 10,
+    };
+    assert_eq!(model.apply(&read), Err(Errno::EIO));
+    let open = Op::Open {
+        slot: 1,
+        path: "a",
+        write: false,
+    };
+    assert_eq!(fs.apply(&open), model.apply(&open));
+    assert_eq!(model.apply(&Op::Crash), Ok(Value::Done));
+    let read = Op::FdRead {
+        slot: 1,
+        offset: 0,
+        len: 10,
+    };
+    assert_ne!(fs.apply(&read), model.apply(&read));
+}
+
+/// Runs `script` on a fresh [`Fs`] (after checking it against the model) and returns the
+/// tree's paths.
+fn paths_after(script: &[Op]) -> Vec<String> {
+    frozen(script);
+    let fs = FsDriver::new();
+    for op in script {
+        let _ = fs.apply(op);
+    }
+    fs.tree().into_keys().collect()
+}
+
+/// Both sides of a directory's rename survive a crash: the old directory was made durable
+/// with the name, then the new one. The walk meets `d2` first (pushed last, popped first), so
+/// the directory keeps its new name `d2/x`.
+#[test]
+fn crash_keeps_a_directory_named_twice_where_the_walk_meets_it_first() {
+    let script = [
+        Op::Mkdir {
+            path: "d1",
+            mode: 0o755,
+        },
+        Op::Mkdir {
+            path: "d2",
+            mode: 0o755,
+        },
+        Op::Mkdir {
+            path: "d1/d1",
+            mode: 0o700,
+        },
+        Op::Fsync { path: "d1" },
+        Op::Fsync { path: "." },
+        Op::Rename {
+            from: "d1/d1",
+            to: "d2/d1",
+            mode: Mode::Plain,
+        },
+        Op::Fsync { path: "d2" },
+        Op::Crash,
+    ];
+    assert_eq!(paths_after(&script), [".", "d1", "d2", "d2/d1"]);
+}
+
+/// The same the other way round: the directory moves from `d2` to `d1`, and `d1` is fsynced
+/// after the rename. The walk still meets `d2` first, so the directory is back under its old
+/// name, although the program made the new one durable. (rawfs's rule, specified here as it
+/// is; the newer durable name would be the better choice.)
+#[test]
+fn crash_keeps_a_directory_named_twice_under_its_old_name_if_the_walk_meets_that_first() {
+    let script = [
+        Op::Mkdir {
+            path: "d1",
+            mode: 0o755,
+        },
+        Op::Mkdir {
+            path: "d2",
+            mode: 0o755,
+        },
+        Op::Mkdir {
+            path: "d2/d1",
+            mode: 0o700,
+        },
+        Op::Fsync { path: "d2" },
+        Op::Fsync { path: "." },
+        Op::Rename {
+            from: "d2/d1",
+            to: "d1/d1",
+            mode: Mode::Plain,
+        },
+        Op::Fsync { path: "d1" },
+        Op::Crash,
+    ];
+    assert_eq!(paths_after(&script), [".", "d1", "d2", "d2/d1"]);
+}
+
+/// Durable entries can form a cycle (`d1` names `d2`, `d2` names `d1`) that no live tree
+/// ever had: the walk meets `d1` from the root and drops `d2`'s entry for it.
+#[test]
+fn crash_breaks_a_cycle_of_durable_entries() {
+    let script = [
+        Op::Mkdir {
+            path: "d1",
+            mode: 0o755,
+        },
+        Op::Mkdir {
+            path: "d1/d2",
+            mode: 0o755,
+        },
+        Op::Fsync { path: "d1" },
+        Op::Fsync { path: "." },
+        Op::Rename {
+            from: "d1/d2",
+            to: "d2",
+            mode: Mode::Plain,
+        },
+        Op::Rename {
+            from: "d1",
+            to: "d2/d1",
+            mode: Mode::Plain,
+        },
+        Op::Fsync { path: "d2" },
+        Op::Crash,
+    ];
+    assert_eq!(paths_after(&script), [".", "d1", "d1/d2"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Frozen failures: each was found (and shrunk) by one of the property tests above.
 
@@ -1241,6 +1805,66 @@ fn regression_empty_write_past_eof_changes_nothing() {
             len: 0,
             seed: 0,
         },
+    ]);
+}
+
+/// rawfs bug, fixed: a crash that undid a hole punch brought the old bytes back but reported
+/// no loss, so `rawfs crash --dry-run` said a file that was not durable was. Found by the
+/// check that a crash which changes the tree reports a loss (its first find was pages
+/// allocated past the end, which change no byte and are not reported; reasoning from that
+/// one gave this and the next). Fixed in `durable::plan`: a lost hole punch reports the live
+/// bytes it zeroed, a lost truncate those it cut and the file grew back over.
+#[test]
+fn regression_a_lost_hole_punch_is_reported() {
+    frozen(&[
+        Op::Create {
+            path: "a",
+            mode: 0o644,
+            excl: true,
+            trunc: false,
+        },
+        Op::Write {
+            path: "a",
+            offset: 0,
+            len: 100,
+            seed: 1,
+        },
+        Op::Fsync { path: "a" },
+        Op::Fsync { path: "." },
+        Op::Fallocate {
+            path: "a",
+            mode: Falloc::PunchHole,
+            offset: 0,
+            len: 4096,
+        },
+        Op::Crash,
+    ]);
+}
+
+/// rawfs bug, fixed: see the one above.
+#[test]
+fn regression_a_lost_truncate_grown_back_is_reported() {
+    frozen(&[
+        Op::Create {
+            path: "a",
+            mode: 0o644,
+            excl: true,
+            trunc: false,
+        },
+        Op::Write {
+            path: "a",
+            offset: 0,
+            len: 100,
+            seed: 1,
+        },
+        Op::Fsync { path: "a" },
+        Op::Fsync { path: "." },
+        Op::Truncate { path: "a", size: 1 },
+        Op::Truncate {
+            path: "a",
+            size: 100,
+        },
+        Op::Crash,
     ]);
 }
 
