@@ -145,6 +145,39 @@ impl fmt::Display for Finding {
     }
 }
 
+/// The checks to run: those named in `only` (every check if `only` is `None`), less those
+/// named in `ignore`. An unknown name is an error that names it and lists the valid ones.
+pub fn select(only: Option<&[String]>, ignore: &[String]) -> Result<Vec<Check>, String> {
+    let parse = |names: &[String]| -> Result<Vec<Check>, String> {
+        names
+            .iter()
+            .map(|n| {
+                Check::from_name(n).ok_or_else(|| {
+                    let valid: Vec<&str> = Check::ALL.iter().map(|c| c.name()).collect();
+                    format!("unknown check {n:?} (valid: {})", valid.join(", "))
+                })
+            })
+            .collect()
+    };
+    let only = match only {
+        Some(names) => parse(names)?,
+        None => Check::ALL.to_vec(),
+    };
+    let ignore = parse(ignore)?;
+    Ok(Check::ALL
+        .iter()
+        .copied()
+        .filter(|c| only.contains(c) && !ignore.contains(c))
+        .collect())
+}
+
+/// Runs the checks in `checks` over `events`, as [`run_checks`] does.
+pub fn run_selected(events: &[Event], checks: &[Check]) -> Vec<Finding> {
+    let mut all = run_checks(events);
+    all.retain(|f| checks.contains(&f.check));
+    all
+}
+
 /// Runs every check over `events` (in any order: they are put in `seq` order first) and
 /// returns the findings ordered by their first sequence number.
 pub fn run_checks(events: &[Event]) -> Vec<Finding> {

@@ -117,6 +117,15 @@ pub enum Command {
         #[serde(default)]
         upto: Option<u64>,
     },
+    /// Run `rawfs check`'s checks over the buffered events; answers `findings`.
+    Check {
+        /// Only these checks (names such as `"lost-race"`); all when absent.
+        #[serde(default)]
+        only: Option<Vec<String>>,
+        /// Not these checks.
+        #[serde(default)]
+        ignore: Vec<String>,
+    },
 }
 
 /// Answer to `status`.
@@ -557,6 +566,10 @@ fn serve_command(
                 ),
             ),
         },
+        Command::Check { only, ignore } => match check_findings(served, only.as_deref(), &ignore) {
+            Ok(fields) => send(w, &answer(id, true, fields)),
+            Err(e) => send(w, &answer(id, false, json!({ "error": e }))),
+        },
         Command::Trace { since, follow } => {
             let Some(rec) = &served.recorder else {
                 return send(
@@ -591,6 +604,21 @@ fn serve_command(
             send(w, &json!({"end": true, "counts": store.counts()}))
         }
     }
+}
+
+/// The `check` command: the findings of the chosen checks over every buffered event.
+fn check_findings(
+    served: &Served,
+    only: Option<&[String]>,
+    ignore: &[String],
+) -> Result<Value, String> {
+    let checks = crate::check::select(only, ignore)?;
+    let Some(rec) = &served.recorder else {
+        return Err("recording is off (trace capacity 0)".into());
+    };
+    let (events, _) = rec.store().since(0);
+    let findings = crate::check::run_selected(&events, &checks);
+    Ok(json!({ "findings": findings }))
 }
 
 fn send_event(w: &mut impl Write, e: &Event) -> io::Result<()> {

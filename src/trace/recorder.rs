@@ -37,6 +37,10 @@ const LANES: usize = 16;
 const LANE_CAPACITY: usize = 4096;
 /// Records per chunk of the buffer.
 const CHUNK: usize = 1024;
+/// How long a read of the buffer waits for the requests answered before it to be stored:
+/// normally well under a millisecond; this bounds the wait if a request thread is stuck
+/// between answering and handing its event over.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What to do when the collector falls behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -95,6 +99,8 @@ pub struct Store {
     numbered: AtomicU64,
     /// Wall-clock start of the recording, in nanoseconds since the epoch.
     started_unix_ns: u128,
+    /// The lanes the session threads write to, for [`Store::sync`] to see what is on its way.
+    lanes: Arc<Lanes>,
 }
 
 #[derive(Debug)]
@@ -109,6 +115,9 @@ struct StoreInner {
     gap: Option<Gap>,
     /// A reader asked the collector to drain now.
     kicked: bool,
+    /// Records taken from each lane and stored (or written to the trace file), since the
+    /// start: compared with [`Lane::written`] by [`Store::sync`].
+    stored: Vec<u64>,
 }
 
 /// Encoded records in chunks of up to [`CHUNK`], each chunk holding records with consecutive
@@ -203,7 +212,7 @@ impl Chunks {
 }
 
 impl Store {
-    fn new(capacity: usize, started_unix_ns: u128) -> Store {
+    fn new(capacity: usize, started_unix_ns: u128, lanes: Arc<Lanes>) -> Store {
         Store {
             inner: Mutex::new(StoreInner {
                 records: Chunks::default(),
@@ -212,11 +221,13 @@ impl Store {
                 closed: false,
                 gap: None,
                 kicked: false,
+                stored: vec![0; lanes.lanes.len()],
             }),
             changed: Condvar::new(),
             kick: Condvar::new(),
             numbered: AtomicU64::new(0),
             started_unix_ns,
+            lanes,
         }
     }
 
@@ -224,15 +235,52 @@ impl Store {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits until every request numbered so far has been stored (or dropped), or `timeout`
-    /// passes (a request still being served, held or delayed, is not waited for beyond it).
-    /// Readers call this so that what a program did just before is in what they read.
+    /// Waits until every request answered before the call is stored (or dropped, overflow
+    /// policy `drop`), or `timeout` passes; true if it is. Requests not answered yet (held by a
+    /// fault rule, delayed, or still running) are not waited for. [`Store::since`] calls it,
+    /// so that a reader sees what a program did just before it asked.
+    ///
+    /// A request is answered between [`Recorder::stop`], which puts its sequence number in
+    /// its lane's `answering` list, and [`Recorder::finish`], which writes its record to the
+    /// lane (counting it in `written`) and then takes the number off the list. So: first wait
+    /// until the numbers on the lists now have left them (microseconds: the answer is being
+    /// written to the kernel), then until the collector has stored as many records of each
+    /// lane as had been written to it.
     pub fn sync(&self, timeout: Duration) -> bool {
-        let target = self.numbered.load(Ordering::Acquire);
+        let deadline = Instant::now() + timeout;
+        let lanes = &self.lanes.lanes;
+        let mut answering: Vec<(usize, u64)> = Vec::new();
+        for (i, lane) in lanes.iter().enumerate() {
+            answering.extend(lane.answering().iter().map(|&seq| (i, seq)));
+        }
+        let mut spins = 0u32;
+        while !answering.is_empty() {
+            answering.retain(|&(i, seq)| lanes[i].answering().contains(&seq));
+            if answering.is_empty() || self.lock().closed {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            spins += 1;
+            if spins < 100 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        // Taken after the lists emptied (through their locks), so these counts include the
+        // records of the requests that were on them.
+        let written: Vec<u64> = lanes
+            .iter()
+            .map(|l| l.written.load(Ordering::Acquire))
+            .collect();
+        let done = |s: &StoreInner| s.closed || s.stored.iter().zip(&written).all(|(s, w)| s >= w);
+        if done(&self.lock()) {
+            return true;
+        }
         self.wake_collector();
-        self.wait_until(timeout, |s| {
-            s.counts.recorded + s.counts.dropped >= target || s.closed
-        })
+        self.wait_until(deadline.saturating_duration_since(Instant::now()), done)
     }
 
     /// Waits until `done` holds for the store, or `timeout` passes. True if it holds.
@@ -279,7 +327,8 @@ impl Store {
         self.started_unix_ns
     }
 
-    /// Every buffered event with `seq > after`, in sequence order, and the counters.
+    /// Every buffered event with `seq > after`, in sequence order, and the counters. Every
+    /// request answered before the call is in it (see [`Store::sync`]).
     pub fn since(&self, after: u64) -> (Vec<Event>, Counts) {
         let (events, counts, _) = self.since_with_index(after);
         (events, counts)
@@ -288,6 +337,11 @@ impl Store {
     /// Like [`Store::since`], and also the storage index to follow from with
     /// [`Store::wait_stored_after`].
     pub fn since_with_index(&self, after: u64) -> (Vec<Event>, Counts, u64) {
+        if !self.sync(SYNC_TIMEOUT) {
+            log::warn!(
+                "trace read: requests answered before it still not stored after {SYNC_TIMEOUT:?}"
+            );
+        }
         let s = self.lock();
         let mut out: Vec<Event> = s
             .records
@@ -360,10 +414,13 @@ impl Store {
     }
 
     /// Stores the records taken from the lanes (emptying them), merged in sequence order,
-    /// evicting the oldest beyond capacity.
-    fn push_lanes(&self, taken: &mut [LaneBuf]) {
+    /// evicting the oldest beyond capacity. `from_lanes[i]` records came from lane `i`.
+    fn push_lanes(&self, taken: &mut [LaneBuf], from_lanes: &[usize]) {
         let mut s = self.lock();
         let s = &mut *s;
+        for (stored, n) in s.stored.iter_mut().zip(from_lanes) {
+            *stored += *n as u64;
+        }
         merge(taken, |r| {
             if s.records.len >= s.capacity {
                 s.records.pop_front();
@@ -453,6 +510,11 @@ struct Lane {
     /// Where the lane's next record will probably be written: a hint for [`Lane::prefetch`],
     /// never dereferenced.
     next: AtomicUsize,
+    /// Sequence numbers of the requests being answered, from [`Recorder::stop`] until
+    /// [`Recorder::finish`] has written their record (or dropped it).
+    answering: Mutex<Vec<u64>>,
+    /// Records written to the lane since the start (under the `events` lock).
+    written: AtomicU64,
 }
 
 /// Records a lane holds, one after another.
@@ -481,6 +543,10 @@ impl Lane {
     fn lock(&self) -> MutexGuard<'_, LaneBuf> {
         self.events.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn answering(&self) -> MutexGuard<'_, Vec<u64>> {
+        self.answering.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The lane of the calling thread: threads are numbered in the order they first record.
@@ -508,6 +574,9 @@ pub struct Pending {
     /// When the request began, on the recorder's clock, until [`Recorder::stop`] turns it
     /// into the duration.
     start: Option<u64>,
+    /// The lane whose `answering` list has this request, from [`Recorder::stop`] until
+    /// [`Recorder::finish`].
+    answering: Option<usize>,
 }
 
 impl Pending {
@@ -518,6 +587,7 @@ impl Pending {
             event,
             errno: None,
             start: None,
+            answering: None,
         }
     }
 }
@@ -535,7 +605,15 @@ impl Recorder {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .saturating_sub(clock.epoch().elapsed());
-        let store = Arc::new(Store::new(config.capacity.max(1), started.as_nanos()));
+        let lanes = Arc::new(Lanes {
+            lanes: (0..LANES).map(|_| Lane::default()).collect(),
+            closing: AtomicBool::new(false),
+        });
+        let store = Arc::new(Store::new(
+            config.capacity.max(1),
+            started.as_nanos(),
+            lanes.clone(),
+        ));
         let mut file = match &config.file {
             Some(p) => Some(BufWriter::new(File::create(p).map_err(|e| {
                 io::Error::new(
@@ -555,10 +633,6 @@ impl Recorder {
             format::write_header(f, &header)?;
             f.flush()?;
         }
-        let lanes = Arc::new(Lanes {
-            lanes: (0..LANES).map(|_| Lane::default()).collect(),
-            closing: AtomicBool::new(false),
-        });
         let (collector_lanes, collector_store) = (lanes.clone(), store.clone());
         let collector_clock = clock.clone();
         let collector = std::thread::Builder::new()
@@ -612,6 +686,7 @@ impl Recorder {
             event: Event::default(),
             errno: None,
             start: Some(start),
+            answering: None,
         });
         let e = &mut p.event;
         let who = self.who.lookup_at(tid, start);
@@ -627,17 +702,44 @@ impl Recorder {
     /// kernel sends on its own to the opener: call it before the kernel gets the answer, as
     /// the kernel may send the next request on the handle (a release after a create) as soon
     /// as it has it.
+    ///
+    /// From here until [`Recorder::finish`], the request counts as answered: a reader's
+    /// [`Store::sync`] waits for its event.
     pub fn stop(&self, p: &mut Pending) {
-        if let Some(start) = p.start.take() {
-            p.event.dur_ns = self.clock.now().saturating_sub(start);
-            self.credit_opener(&mut p.event, p.errno.is_none());
+        if self.end(p) {
+            let lane = lane_index();
+            self.lanes.lanes[lane].answering().push(p.event.seq);
+            p.answering = Some(lane);
         }
+    }
+
+    /// Ends the request's duration if it was not ended before; true if it was ended now.
+    fn end(&self, p: &mut Pending) -> bool {
+        let Some(start) = p.start.take() else {
+            return false;
+        };
+        p.event.dur_ns = self.clock.now().saturating_sub(start);
+        self.credit_opener(&mut p.event, p.errno.is_none());
+        true
     }
 
     /// Completes an event and hands it to the collector. It is stopped here unless
     /// [`Recorder::stop`] stopped it before.
     pub fn finish(&self, p: &mut Pending) {
-        self.stop(p);
+        self.end(p);
+        self.hand_over(p);
+        // After the record is in the lane (and counted in `written`), or dropped.
+        if let Some(lane) = p.answering.take() {
+            let mut answering = self.lanes.lanes[lane].answering();
+            if let Some(i) = answering.iter().position(|&s| s == p.event.seq) {
+                answering.swap_remove(i);
+            }
+        }
+    }
+
+    /// Writes the event's record to the calling thread's lane, or drops it (overflow policy
+    /// `drop`, lane full).
+    fn hand_over(&self, p: &Pending) {
         let lane = &self.lanes.lanes[lane_index()];
         let mut q = lane.lock();
         if q.count >= LANE_CAPACITY {
@@ -676,6 +778,7 @@ impl Recorder {
         }
         record::encode(&p.event, p.errno, &mut q.bytes);
         q.count += 1;
+        lane.written.fetch_add(1, Ordering::Release);
         let end = q.bytes.as_ptr() as usize + q.bytes.len();
         lane.next.store(end, Ordering::Relaxed);
     }
@@ -746,14 +849,17 @@ fn collect(lanes: &Lanes, store: &Store, clock: &Clock, mut file: Option<BufWrit
     // What was taken from each lane; swapped back in next time, so both stay allocated.
     let mut taken: Vec<LaneBuf> = (0..lanes.lanes.len()).map(|_| LaneBuf::default()).collect();
     let mut sorted = LaneBuf::default();
+    // Records taken from each lane this round.
+    let mut counts = vec![0usize; lanes.lanes.len()];
     let mut poll = MIN_POLL;
     loop {
         clock.refine();
         let closing = lanes.closing.load(Ordering::Acquire);
         let mut any = false;
         let mut backlog = false;
-        for (lane, mine) in lanes.lanes.iter().zip(taken.iter_mut()) {
+        for ((lane, mine), n) in lanes.lanes.iter().zip(taken.iter_mut()).zip(&mut counts) {
             let mut q = lane.lock();
+            *n = q.count;
             if q.count == 0 {
                 continue;
             }
@@ -791,7 +897,7 @@ fn collect(lanes: &Lanes, store: &Store, clock: &Clock, mut file: Option<BufWrit
                     store.lock().counts.write_errors += 1;
                 }
             }
-            store.push_lanes(std::slice::from_mut(&mut sorted));
+            store.push_lanes(std::slice::from_mut(&mut sorted), &counts);
             // The file says where it misses events, after those written before the drops
             // were seen: a reader of the file alone must know it is incomplete.
             let gap = store.lock().gap.take();
@@ -802,7 +908,7 @@ fn collect(lanes: &Lanes, store: &Store, clock: &Clock, mut file: Option<BufWrit
                 }
             }
         } else {
-            store.push_lanes(&mut taken);
+            store.push_lanes(&mut taken, &counts);
         }
         // Under a steady load, taking events as they trickle in would keep this thread
         // spinning on a core the requests need: wait for them to gather instead, unless
@@ -908,6 +1014,31 @@ mod tests {
         rec.finish(&mut release);
         rec.finish(&mut create);
         assert!(rec.store().sync(Duration::from_secs(10)));
+        let (events, _) = rec.store().since(0);
+        assert_eq!(events.len(), 2);
+    }
+
+    #[test]
+    fn sync_waits_for_a_request_being_answered_and_not_for_one_not_answered_yet() {
+        let rec = recorder(100, Overflow::Wait);
+        // Not answered yet (held by a rule, say): a read does not wait for it.
+        let mut held = rec.begin(Op::Read, 0, 0, 0);
+        let t = Instant::now();
+        assert!(rec.store().sync(Duration::from_secs(10)));
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        // Answered (stopped) but not handed over yet: a read waits for it.
+        let mut answered = rec.begin(Op::Lookup, 0, 0, 0);
+        rec.stop(&mut answered);
+        let seq = answered.event.seq;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                rec.finish(&mut answered);
+            });
+            let (events, _) = rec.store().since(0);
+            assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [seq]);
+        });
+        rec.finish(&mut held);
         let (events, _) = rec.store().since(0);
         assert_eq!(events.len(), 2);
     }

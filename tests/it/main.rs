@@ -10,6 +10,7 @@ mod docs;
 mod explore;
 mod faults;
 mod hardening;
+mod library;
 mod lifecycle;
 mod model;
 mod posix;
