@@ -1279,6 +1279,11 @@ impl Fs {
         Ok(written as u32)
     }
 
+    /// True if `fh` was opened before a crash (every request on it fails with EIO).
+    pub fn is_stale(&self, fh: u64) -> bool {
+        self.lock().stale.contains(&fh)
+    }
+
     /// The open flags a handle was opened with.
     pub fn handle_flags(&self, fh: u64) -> Result<i32, Errno> {
         Ok(self.lock().handle(fh)?.flags)

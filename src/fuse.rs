@@ -617,7 +617,13 @@ impl Filesystem for RawFs {
                     mtime: time_spec(set_time(mtime)),
                 }));
             },
-            |fs| fs.setattr(ino(i), &set),
+            |fs| {
+                // ftruncate through a file opened before a crash fails as every use of it does.
+                if fh.is_some_and(|f| fs.is_stale(f.0)) {
+                    return Err(Errno::EIO);
+                }
+                fs.setattr(ino(i), &set)
+            },
             nothing,
             |r| self.attr(r, reply),
         );

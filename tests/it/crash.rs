@@ -208,6 +208,15 @@ open('new', 'w').close()
         assert!(!m.join("new").exists(), "{cache:?}");
         let e = std::io::Write::write_all(&mut old, b"x").expect_err("stale handle");
         assert_eq!(e.raw_os_error(), Some(libc::EIO), "{cache:?}");
+        let e = old
+            .set_len(1)
+            .expect_err("ftruncate through a stale handle");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{cache:?}");
+        assert_eq!(
+            read(m.join("f")).as_deref(),
+            Some(&b"durable"[..]),
+            "{cache:?}"
+        );
     }
 }
 
