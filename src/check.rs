@@ -533,6 +533,10 @@ fn dir_not_fsynced(ev: &[&Event], out: &mut Vec<Finding>) {
     struct Change {
         seq: u64,
         what: String,
+        /// The name the change put in the directory, if any: when that name is removed again
+        /// before a crash could matter (a temporary file, a pidfile unlinked at exit), the
+        /// change has nothing left to lose.
+        made: Option<String>,
     }
     type Pending = BTreeMap<u64, (Option<String>, Vec<Change>)>;
     // Directory inode -> (its path when known, changes since its last fsyncdir).
@@ -542,11 +546,24 @@ fn dir_not_fsynced(ev: &[&Event], out: &mut Vec<Finding>) {
         if let Some(p) = path {
             entry.0 = Some(parent_of(p).to_string());
         }
-        if entry.1.last().is_none_or(|c| c.seq != seq) {
-            entry.1.push(Change {
+        match entry.1.last_mut() {
+            // A rename within one directory is noted once, with the name it made.
+            Some(c) if c.seq == seq => {
+                if path.is_some() {
+                    c.made = path.map(str::to_string);
+                }
+            }
+            _ => entry.1.push(Change {
                 seq,
                 what: what.to_string(),
-            });
+                made: path.map(str::to_string),
+            }),
+        }
+    };
+    // The name `path` left directory `dir`: the changes that made it are moot.
+    let forget = |pending: &mut Pending, dir: u64, path: &str| {
+        if let Some((_, changes)) = pending.get_mut(&dir) {
+            changes.retain(|c| c.made.as_deref() != Some(path));
         }
     };
     for &e in ev {
@@ -554,10 +571,16 @@ fn dir_not_fsynced(ev: &[&Event], out: &mut Vec<Finding>) {
             continue;
         }
         match e.op {
-            Op::Create | Op::Mkdir => {
+            Op::Create | Op::Mkdir | Op::Mknod | Op::Symlink => {
                 if let Some(dir) = e.ino {
                     let what = format!("{} {}", e.op.name(), path_of(e));
                     note(&mut pending, dir, e.path.as_deref(), e.seq, &what);
+                }
+            }
+            Op::Link => {
+                if let (Some(dir), Some(to)) = (e.ino2, e.path2.as_deref()) {
+                    let what = format!("link {} to {to}", path_of(e));
+                    note(&mut pending, dir, Some(to), e.seq, &what);
                 }
             }
             Op::Rename => {
@@ -566,11 +589,26 @@ fn dir_not_fsynced(ev: &[&Event], out: &mut Vec<Finding>) {
                     path_of(e),
                     e.path2.as_deref().unwrap_or("?")
                 );
-                if let Some(dir) = e.ino {
-                    note(&mut pending, dir, e.path.as_deref(), e.seq, &what);
+                if let (Some(dir), Some(from)) = (e.ino, e.path.as_deref()) {
+                    forget(&mut pending, dir, from);
+                    // The name left here; no name was made in this directory (unless it is
+                    // also the target's, noted next).
+                    note(&mut pending, dir, None, e.seq, &what);
+                    if let Some(entry) = pending.get_mut(&dir) {
+                        entry.0 = Some(parent_of(from).to_string());
+                    }
                 }
                 if let Some(dir) = e.ino2 {
                     note(&mut pending, dir, e.path2.as_deref(), e.seq, &what);
+                }
+            }
+            Op::Unlink | Op::Rmdir => {
+                if let (Some(dir), Some(path)) = (e.ino, e.path.as_deref()) {
+                    forget(&mut pending, dir, path);
+                }
+                // A removed directory has no names left to lose.
+                if let (Op::Rmdir, Some(node)) = (e.op, e.node) {
+                    pending.remove(&node);
                 }
             }
             Op::Fsyncdir => {
@@ -1010,7 +1048,7 @@ mod tests {
     #[test]
     fn dir_not_fsynced_lists_changes_per_directory() {
         let mut t = Trace::default();
-        let c = t.create(X, "/a", libc::O_WRONLY, 5, 3);
+        t.create(X, "/a", libc::O_WRONLY, 5, 3);
         let m = t.push(X, Op::Mkdir, "/d", |e| {
             e.mode = Some(0o755);
             e.out_ino = Some(6);
@@ -1020,11 +1058,12 @@ mod tests {
         let r = t.rename(X, "/a", "/b", 5, None);
         let f = t.findings(Check::DirNotFsynced);
         assert_eq!(f.len(), 2, "{f:?}");
-        assert_eq!(f[0].seqs, vec![c, m, r]);
+        // The create of /a is moot once the rename took the name away: the rename is listed.
+        assert_eq!(f[0].seqs, vec![m, r]);
         assert_eq!(
             f[0].message,
-            "directory / (ino 1) was not fsynced after create /a (#1), mkdir /d (#2), \
-             rename /a to /b (#4): after a crash these names may be lost"
+            "directory / (ino 1) was not fsynced after mkdir /d (#2), rename /a to /b (#4): \
+             after a crash these names may be lost"
         );
         assert_eq!(f[1].seqs, vec![sub]);
         assert!(
@@ -1052,6 +1091,36 @@ mod tests {
         // A failed create changes nothing.
         t.create_failed(X, "/c", libc::O_WRONLY | libc::O_EXCL, "EEXIST");
         assert!(t.findings(Check::DirNotFsynced).is_empty());
+    }
+
+    #[test]
+    fn dir_not_fsynced_silent_on_names_removed_again() {
+        let mut t = Trace::default();
+        // A pidfile removed at exit, a temporary file, an emptied work directory.
+        t.create(X, "/app.pid", PIDFILE, 5, 3);
+        t.create(X, "/scratch", libc::O_RDWR, 6, 4);
+        t.push(X, Op::Unlink, "/scratch", |e| e.node = Some(6));
+        t.push(X, Op::Mkdir, "/work", |e| e.out_ino = Some(7));
+        t.create(X, "/work/x", libc::O_WRONLY, 8, 5);
+        t.0.last_mut().unwrap().ino = Some(7);
+        t.push(X, Op::Unlink, "/work/x", |e| {
+            e.ino = Some(7);
+            e.node = Some(8);
+        });
+        t.push(X, Op::Rmdir, "/work", |e| e.node = Some(7));
+        t.push(X, Op::Unlink, "/app.pid", |e| e.node = Some(5));
+        assert!(t.findings(Check::DirNotFsynced).is_empty());
+        // A link made and removed; a symlink that stays is reported.
+        let mut t = Trace::default();
+        t.push(X, Op::Link, "/a", |e| {
+            e.ino2 = Some(ROOT);
+            e.path2 = Some("/b".into());
+        });
+        t.push(X, Op::Unlink, "/b", |e| e.node = Some(5));
+        let s = t.push(X, Op::Symlink, "/l", |e| e.out_ino = Some(9));
+        let f = t.findings(Check::DirNotFsynced);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].seqs, vec![s]);
     }
 
     /// The careful ways to do each thing: only the informational finding remains.

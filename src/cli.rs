@@ -113,10 +113,14 @@ enum Cmd {
     /// Look for risky I/O patterns in a trace: check-then-create races, short reads not
     /// retried, renames and creates not made durable.
     ///
-    /// Exits 1 if any finding is a warning, 0 otherwise.
+    /// Exits 0 when no warning was found, 1 when one was, 2 when the check could not run
+    /// (no daemon answers, unreadable file, unknown check name). Informational findings
+    /// (exclusive-create) are printed but do not count.
     Check {
         #[command(flatten)]
         source: inspect::Source,
+        #[command(flatten)]
+        select: inspect::Selection,
         /// One JSON object per finding instead of text.
         #[arg(long)]
         json: bool,
@@ -350,7 +354,11 @@ pub fn main() -> ExitCode {
             clear,
             output,
         } => inspect::trace(&source, format, follow, clear, output.as_deref()).unwrap_or_else(fail),
-        Cmd::Check { source, json } => inspect::check(&source, json).unwrap_or_else(fail),
+        Cmd::Check {
+            source,
+            select,
+            json,
+        } => inspect::check(&source, &select, json),
         Cmd::Fault { cmd } => faults::run(cmd).unwrap_or_else(fail),
         Cmd::Crash(args) => crash::run(&args).unwrap_or_else(fail),
         Cmd::Explore(args) => explore::run(&args),

@@ -304,12 +304,36 @@ fn watch_stdout() {
         });
 }
 
-/// `rawfs check`: exit 0 when nothing is worth a warning, 1 otherwise.
-pub(crate) fn check(src: &Source, json: bool) -> Result<ExitCode, String> {
+/// Which checks `rawfs check` runs.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Selection {
+    /// Run only these checks (comma-separated: check-then-create,lost-race,...).
+    #[arg(long, value_name = "CHECKS", value_delimiter = ',')]
+    only: Option<Vec<String>>,
+    /// Leave these checks out (comma-separated).
+    #[arg(long, value_name = "CHECKS", value_delimiter = ',')]
+    ignore: Vec<String>,
+}
+
+/// `rawfs check`, as a gate: exit 0 when no warning was found, 1 when one was, 2 when the
+/// check could not run (no daemon, unreadable file, unknown check name). Informational
+/// findings (`exclusive-create`) are printed but do not fail the gate.
+pub(crate) fn check(src: &Source, sel: &Selection, json: bool) -> ExitCode {
+    match run_check(src, sel, json) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rawfs: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_check(src: &Source, sel: &Selection, json: bool) -> Result<ExitCode, String> {
+    let checks = check::select(sel.only.as_deref(), &sel.ignore)?;
     let filter = src.filter()?;
     let (events, counts, _) = src.load()?;
     let events: Vec<Event> = events.into_iter().filter(|e| filter.matches(e)).collect();
-    let findings = check::run_checks(&events);
+    let findings = check::run_selected(&events, &checks);
     let mut out = io::stdout().lock();
     for f in &findings {
         let line = if json {
@@ -318,10 +342,12 @@ pub(crate) fn check(src: &Source, json: bool) -> Result<ExitCode, String> {
             f.to_string()
         };
         match writeln!(out, "{line}") {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => crate::cli::stdout_closed(),
+            // A closed pipe (`| head`) still leaves the verdict in the exit status.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => break,
             r => r.map_err(|e| e.to_string())?,
         }
     }
+    let _ = out.flush();
     warn_counts(counts);
     let warnings = findings
         .iter()

@@ -532,7 +532,9 @@ fn trace_file_errors_name_the_file_and_the_line() {
     std::fs::write(&bad, format!("{header}\nthis is not JSON\n")).unwrap();
     for cmd in ["trace", "check"] {
         let out = rt.rawfs(&[cmd, "--file", s(&bad)]);
-        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        // `rawfs check` is a gate: 1 means findings, 2 that it could not run.
+        let code = if cmd == "check" { 2 } else { 1 };
+        assert_eq!(out.status.code(), Some(code), "{cmd}");
         let stderr = text(&out.stderr);
         assert!(
             stderr.contains("bad.jsonl: line 2: not JSON"),
@@ -742,7 +744,8 @@ fn trace_and_status_on_a_plain_directory_say_no_daemon_answers() {
     let dir = tempfile::tempdir().unwrap();
     for cmd in ["trace", "status", "check"] {
         let out = rt.rawfs(&[cmd, s(dir.path())]);
-        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let code = if cmd == "check" { 2 } else { 1 };
+        assert_eq!(out.status.code(), Some(code), "{cmd}");
         let stderr = text(&out.stderr);
         assert!(
             stderr.contains("no rawfs daemon answers"),
