@@ -1,9 +1,12 @@
 """Every ```python block of docs/python.md is a test module a user could copy: each runs here
-with pytester, as its own pytest run, and every test in it must pass."""
+with pytester, as its own pytest run, and every test in it must pass. The install commands
+run too, into a scratch virtual environment."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,3 +34,41 @@ def test_each_python_example_in_the_doc_passes(pytester, fuse, line, code):
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) >= 1, f"docs/python.md:{line}: no test passed"
     assert set(outcomes) <= {"passed"}, f"docs/python.md:{line}: {outcomes}"
+
+
+def test_the_install_commands_make_a_venv_with_the_package_its_binary_and_plugin(tmp_path):
+    text = DOC.read_text()
+    install = text.split("## Install", 1)[1]
+    block = re.search(r"^```shell\n(.*?)^```", install, re.MULTILINE | re.DOTALL).group(1)
+    assert "pip install ." in block
+    # As written, from the repository root, with the environment in a scratch directory.
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAWFS", "VIRTUAL_ENV")}
+    subprocess.run(
+        ["sh", "-e", "-c", block.replace(".venv", str(venv))],
+        cwd=DOC.parents[1],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    py = venv / "bin" / "python"
+    out = subprocess.run(
+        [py, "-c", "import rawfs; print(rawfs.binary())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == str((venv / "bin" / "rawfs").resolve())
+    markers = subprocess.run(
+        [py, "-m", "pytest", "--markers", "-p", "no:cacheprovider"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert "@pytest.mark.rawfs(" in markers.stdout
