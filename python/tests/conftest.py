@@ -4,24 +4,25 @@ the API tests must not depend on it)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
 import rawfs
+from rawfs.pytest_plugin import _must_run
 
 pytest_plugins = ["pytester"]
 
 
 @pytest.fixture
-def fuse() -> None:
+def fuse(request: pytest.FixtureRequest) -> None:
     """Skips the test where FUSE is unavailable, printing why; fails it instead under
-    CI=true."""
+    CI=true or --rawfs-require, as the plugin's fixture does."""
     why = rawfs.fuse_unavailable()
     if why is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but FUSE is unavailable: {why}")
+        forced = _must_run(request.config)
+        if forced:
+            pytest.fail(f"FUSE is unavailable ({why}), and {forced} forbids skipping")
         pytest.skip(f"FUSE is unavailable: {why}")
 
 

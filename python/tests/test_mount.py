@@ -3,6 +3,7 @@ and clean-up, with real system calls from this process, its threads and child pr
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -283,6 +284,15 @@ def test_a_mount_still_in_use_is_detached_lazily_on_exit(fuse):
         assert not path.exists()
     finally:
         f.close()
+
+
+def test_the_package_needs_only_the_standard_library_and_imports_no_pytest():
+    assert not importlib.metadata.requires("rawfs")
+    probe = "import sys, rawfs; print(sorted(m for m in sys.modules if 'pytest' in m))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_package_runs_its_bundled_binary_unless_rawfs_names_another(monkeypatch):
