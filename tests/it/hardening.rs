@@ -1002,3 +1002,38 @@ fn one_readdir_scan_lists_each_name_at_most_once_under_create_rename_unlink() {
         "{bad} of {scans} scans listed a name twice (e.g. {example:?})"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 10: file data freed by unlink goes back to the system.
+
+#[test]
+fn memory_of_deleted_files_goes_back_to_the_system() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let s = Scene::new();
+    let pid = s.daemon(&s.mp, &["--trace-capacity", "0"]);
+    let base = vm_rss_kib(pid);
+    common::sh(
+        &s.mp,
+        "for i in 1 2 3 4; do dd if=/dev/zero of=f$i bs=1M count=64 status=none; done",
+    );
+    let full = vm_rss_kib(pid);
+    assert!(
+        full > base + 200 * 1024,
+        "256 MiB written: RSS {base} -> {full} KiB"
+    );
+    common::sh(&s.mp, "rm f1 f2 f3 f4");
+    // The daemon looks every half second; give it a few.
+    let start = Instant::now();
+    // Most of it, not all: freed pages interleaved with live allocations stay mapped.
+    let bound = base + 64 * 1024;
+    while vm_rss_kib(pid) > bound && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = vm_rss_kib(pid);
+    assert!(
+        after <= bound,
+        "RSS {base} KiB at start, {full} KiB with 256 MiB of files, {after} KiB after deleting them"
+    );
+}
