@@ -4,6 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+use crate::check::Finding;
+use crate::fault::hold::Held;
+use crate::fault::{Faults, Rule, RuleStatus};
+use crate::query::Query;
 
 use crate::fs::Fs;
 use crate::fs::durable::{CrashOptions, Losses};
@@ -99,5 +105,125 @@ impl TempMount {
 impl Drop for TempMount {
     fn drop(&mut self) {
         drop(self.mounted.take());
+    }
+}
+
+/// Assertions on the trace, fault rules and checks: the typed test API (docs/library.md).
+impl TempMount {
+    /// A query over the requests answered so far (every one answered before the query ends
+    /// is in it): `m.events().op(Op::Create).path("/app.pid").one()?`.
+    pub fn events(&self) -> Query<'_> {
+        Query::new(self.trace().map(|s| &**s))
+    }
+
+    /// The strace-like text of every request answered so far, one line each.
+    pub fn trace_text(&self) -> String {
+        let Some(store) = self.trace() else {
+            return String::new();
+        };
+        let (events, _) = store.since(0);
+        let mut text = String::new();
+        for e in &events {
+            text.push_str(&crate::trace::format::text_line(e));
+            text.push('\n');
+        }
+        text
+    }
+
+    /// Adds a fault rule, given as JSON (docs/faults.md), for as long as the returned guard
+    /// lives: dropping it removes the rule and releases what it holds.
+    pub fn fault(&self, rule: &str) -> Result<FaultGuard<'_>, String> {
+        let mut rules = crate::fault::parse_rules(rule)?;
+        if rules.len() != 1 {
+            return Err(format!(
+                "fault takes one rule, not {} (add each with its own guard)",
+                rules.len()
+            ));
+        }
+        self.fault_rule(rules.remove(0))
+    }
+
+    /// Adds `rule` for as long as the returned guard lives (see [`TempMount::fault`]).
+    pub fn fault_rule(&self, rule: Rule) -> Result<FaultGuard<'_>, String> {
+        let faults = self.faults();
+        let ids = faults.add(vec![rule])?;
+        Ok(FaultGuard { faults, id: ids[0] })
+    }
+
+    /// The findings of every `rawfs check` check over the requests answered so far.
+    pub fn findings(&self) -> Vec<Finding> {
+        match self.trace() {
+            Some(store) => crate::check::run_checks(&store.since(0).0),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// A fault rule of a [`TempMount`], removed (releasing the requests it holds) when dropped.
+#[derive(Debug)]
+pub struct FaultGuard<'a> {
+    faults: &'a Arc<Faults>,
+    id: u64,
+}
+
+impl FaultGuard<'_> {
+    /// The rule's id (as `rawfs fault list` and the trace's `rule` field show it).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn status(&self) -> Option<RuleStatus> {
+        self.faults
+            .list()
+            .into_iter()
+            .find(|r| r.rule.id == Some(self.id))
+    }
+
+    /// Times the rule fired so far.
+    pub fn hits(&self) -> u64 {
+        self.status().map_or(0, |s| s.hits)
+    }
+
+    /// Requests the rule matched so far (fired or not).
+    pub fn matched(&self) -> u64 {
+        self.status().map_or(0, |s| s.matched)
+    }
+
+    /// Waits until `n` requests are held by this rule, or `timeout` passes; returns the
+    /// requests it holds.
+    pub fn wait_held(&self, n: usize, timeout: std::time::Duration) -> Vec<Held> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let mine: Vec<Held> = self
+                .faults
+                .holds
+                .list()
+                .into_iter()
+                .filter(|h| h.rule == self.id)
+                .collect();
+            let now = std::time::Instant::now();
+            if mine.len() >= n || now >= deadline {
+                return mine;
+            }
+            // Wakes when any request is held; a short step bounds the wait for this rule's.
+            self.faults.holds.wait_for(
+                mine.len() + 1,
+                (deadline - now).min(Duration::from_millis(50)),
+            );
+        }
+    }
+
+    /// Lets every request this rule holds go on (the rule stays).
+    pub fn release(&self) -> Vec<u64> {
+        self.faults.holds.release_rule(self.id)
+    }
+
+    /// Removes the rule now (dropping the guard does the same).
+    pub fn remove(self) {}
+}
+
+impl Drop for FaultGuard<'_> {
+    fn drop(&mut self) {
+        self.faults.remove(&[self.id]);
     }
 }

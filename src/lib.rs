@@ -4,10 +4,12 @@
 //! The crate is layered so that each part can be tested alone: [`fs`] is the tree and its
 //! POSIX rules, [`fuse`] turns kernel requests into calls on it, [`mount`] mounts and
 //! unmounts safely, [`harness`] gives test suites a mount that cleans up after itself, and
-//! [`cli`] is the command line.
+//! `cli` is the command line (feature `cli`, on by default; a crate that only mounts rawfs in
+//! its tests can leave it out with `default-features = false`).
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod check;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod control;
 pub mod errno;
@@ -17,15 +19,20 @@ pub mod fs;
 pub mod fuse;
 pub mod harness;
 pub mod mount;
+pub mod query;
 pub mod registry;
 pub mod text;
 pub mod trace;
 pub mod units;
 
+pub use check::{Check, Finding, Severity};
 pub use errno::Errno;
+pub use fault::Rule;
 pub use fs::durable::{CrashOptions, Keep, Losses, Model};
-pub use harness::TempMount;
+pub use harness::{FaultGuard, TempMount};
 pub use mount::{MountConfig, Mounted};
+pub use query::{OFlag, Query, QueryError, Request};
+pub use trace::{Event, Op};
 
 /// The examples of docs/library.md, compiled and run as doctests.
 #[cfg(doctest)]

@@ -280,3 +280,69 @@ fn the_socket_check_command_answers_findings_and_names_unknown_checks() {
     .unwrap_err();
     assert!(err.contains("\"nope\""), "{err}");
 }
+
+#[test]
+fn query_errors_show_what_was_looked_for_and_the_trace_around_it() {
+    let m = mount_or_skip!();
+    fs::write(m.join("a"), b"1").expect("write");
+    fs::write(m.join("b"), b"2").expect("write");
+    let err = m
+        .events()
+        .op(Op::Unlink)
+        .path("/a")
+        .one()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("expected exactly one request, found none (looking for: unlink, path /a)"),
+        "{err}"
+    );
+    // Nothing matched: the end of the trace is shown, the writes among it.
+    assert!(err.contains("write(\"/b\""), "{err}");
+    assert!(!err.contains("\n> "), "{err}");
+    let err = m.events().op(Op::Write).none().unwrap_err().to_string();
+    assert!(err.starts_with("expected no request, found 2"), "{err}");
+    assert_eq!(err.matches("\n> ").count(), 2, "{err}");
+    // A glob, and the typed flags.
+    let creates = m.events().op(Op::Create).path("/*").all();
+    assert_eq!(creates.len(), 2);
+    assert!(creates.iter().all(|c| {
+        c.flags
+            .contains(rawfs::OFlag::WRONLY | rawfs::OFlag::CREAT | rawfs::OFlag::TRUNC)
+    }));
+    assert!(
+        m.events()
+            .path("/a")
+            .errno(rawfs::Errno::ENOENT)
+            .first()
+            .is_ok()
+    );
+    let bad = m.events().path("/a[").one().unwrap_err().to_string();
+    assert!(bad.contains("/a["), "{bad}");
+}
+
+#[test]
+fn a_fault_guard_removes_its_rule_also_when_the_test_fails() {
+    let m = mount_or_skip!();
+    fs::write(m.join("held"), b"data").expect("write");
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let rule = m
+            .fault(r#"{"match": {"ops": ["read"], "path": "/held"}, "action": "hold"}"#)
+            .expect("rule");
+        let file = m.join("held");
+        let reader = std::thread::spawn(move || fs::read(file));
+        let held = rule.wait_held(1, Duration::from_secs(10));
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert_eq!(held[0].path.as_deref(), Some("/held"));
+        std::mem::forget(reader);
+        panic!("an assertion of the test fails while the read is held");
+    }));
+    assert!(unwound.is_err());
+    // The guard was dropped while unwinding: no rule left, the read went on.
+    assert!(m.faults().list().is_empty());
+    assert_eq!(fs::read(m.join("held")).expect("read"), b"data");
+    let err = m
+        .fault(r#"[{"action": "hold"}, {"action": "hold"}]"#)
+        .unwrap_err();
+    assert!(err.contains("one rule"), "{err}");
+}
