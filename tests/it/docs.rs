@@ -88,6 +88,7 @@ fn every_shell_example_in_docs_runs_and_prints_what_it_shows() {
 
 /// Runs one document's examples in order in `scratch`, with `path` as PATH.
 fn run_examples(doc: Vec<Example>, scratch: &Path, path: &str) {
+    let _cleanup = UnmountUnder(scratch.to_path_buf());
     for ex in doc {
         let out = Command::new("sh")
             .arg("-e")
@@ -96,6 +97,7 @@ fn run_examples(doc: Vec<Example>, scratch: &Path, path: &str) {
             .current_dir(scratch)
             .env("PATH", path)
             .env("RAWFS_RUNTIME_DIR", scratch)
+            .env("TMPDIR", scratch)
             .output()
             .expect("run sh");
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -113,6 +115,22 @@ fn run_examples(doc: Vec<Example>, scratch: &Path, path: &str) {
                 "example at {} printed something else",
                 ex.origin
             );
+        }
+    }
+}
+
+/// Detaches every mount under a directory when dropped: an example that fails half way
+/// (examples mount with `mktemp -d`, under TMPDIR, which is the scratch directory) leaves
+/// nothing mounted behind, even when the assertion that reports it panics.
+struct UnmountUnder(PathBuf);
+
+impl Drop for UnmountUnder {
+    fn drop(&mut self) {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+            if Path::new(m).starts_with(&self.0) {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
         }
     }
 }
