@@ -15,13 +15,14 @@ and the pytest plugin (the `rawfs_mount` fixture).
 
 from ._binary import binary, fuse_unavailable
 from ._errors import RawfsError
-from ._events import Event, Finding, Hold
+from ._events import Event, Finding, Hold, Losses
 from ._mount import Mount, Rule, format_text, mount
 
 __all__ = [
     "Event",
     "Finding",
     "Hold",
+    "Losses",
     "Mount",
     "RawfsError",
     "Rule",

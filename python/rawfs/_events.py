@@ -115,6 +115,52 @@ class Finding:
         return f"<Finding {self}>"
 
 
+class Losses:
+    """What a crash lost, or would lose now (`Mount.crash()`, `Mount.unsynced()`).
+
+    `files`: a dict per file whose contents or attributes lose changes (`path`, `size`,
+    `size_after`, `lost` byte ranges as `[offset, length]`, `torn` writes as
+    `[offset, kept, length]`, `attrs`); `names`: a dict per directory entry that changes
+    (`path`, `live` and `after`: the kind the name has, `"file"`, `"dir"`..., or None).
+    False when nothing is lost: `assert not m.unsynced()` says everything is durable."""
+
+    __slots__ = ("files", "model", "names", "raw")
+
+    def __init__(self, raw: dict[str, Any], model: str):
+        self.files: list[dict[str, Any]] = raw.get("files", [])
+        self.names: list[dict[str, Any]] = raw.get("names", [])
+        self.model = model
+        self.raw = raw
+
+    def __bool__(self) -> bool:
+        return bool(self.files or self.names)
+
+    def paths(self) -> set[str]:
+        """Every path that loses something: files and names."""
+        return {f["path"] for f in self.files if f.get("path")} | {n["path"] for n in self.names}
+
+    def __str__(self) -> str:
+        lines = []
+        for f in self.files:
+            what = []
+            if f.get("lost"):
+                ranges = " ".join(f"{o}..{o + n}" for o, n in f["lost"])
+                what.append(f"{sum(n for _, n in f['lost'])} bytes lost at {ranges}")
+            for o, kept, n in f.get("torn", []):
+                what.append(f"write {o}..{o + n} torn after {kept} bytes")
+            if f.get("size") != f.get("size_after"):
+                what.append(f"size {f.get('size')} -> {f.get('size_after')}")
+            if f.get("attrs"):
+                what.append("attribute changes lost")
+            lines.append(f"{f.get('path') or '(no name)'}: {', '.join(what)}")
+        for n in self.names:
+            lines.append(f"{n['path']}: {n.get('live') or 'none'} -> {n.get('after') or 'none'}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<Losses ({self.model}) {len(self.files)} files, {len(self.names)} names>"
+
+
 class Hold:
     """A request a `hold` rule keeps waiting: `hold` (its id, for `Mount.release`), `rule`,
     `seq`, `op`, `path`, `pid`, `comm`, `waited_ms`."""

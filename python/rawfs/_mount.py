@@ -15,7 +15,7 @@ from typing import Any
 from . import _control
 from ._binary import binary
 from ._errors import RawfsError
-from ._events import Event, Finding, Hold, Ops, Selection
+from ._events import Event, Finding, Hold, Losses, Ops, Selection
 
 # How long one control request may take before the daemon counts as hung (wait_holds adds
 # its own timeout to this).
@@ -294,6 +294,39 @@ class Mount:
             ignore=list(ignore) if ignore is not None else None,
         )
         return [Finding(f) for f in answer["findings"]]
+
+    # --- power loss (docs/crash.md) ---------------------------------------------------------
+
+    def crash(
+        self,
+        *,
+        keep: str = "none",
+        seed: int = 0,
+        torn: int | None = None,
+        kill: bool = False,
+        to: str | os.PathLike | None = None,
+    ) -> Losses:
+        """Cuts the power: the tree becomes what a disk would hold under the mount's model,
+        files opened before fail with EIO, and the mount goes on serving. `keep="random"`
+        keeps each unsynced change by a draw from `seed`; `torn=BYTES` lets a lost write
+        survive as a prefix ending on a multiple of BYTES; `kill=True` SIGKILLs every process
+        with a file open on the mount first. With `to=DIR`, nothing is cut: the tree the crash
+        would leave is written into DIR (missing or empty). Returns what was lost."""
+        answer = self._request(
+            "crash",
+            timeout=_TIMEOUT + 30,
+            keep=keep,
+            seed=seed,
+            torn=torn,
+            kill=kill,
+            to=os.path.abspath(to) if to is not None else None,
+        )
+        return Losses(answer["lost"], answer["model"])
+
+    def unsynced(self) -> Losses:
+        """What a crash now would lose; empty (false) once everything is durable."""
+        answer = self._request("unsynced")
+        return Losses(answer["unsynced"], answer["model"])
 
 
 def format_text(events: Iterable[Event], rawfs: str | None = None) -> str:

@@ -70,13 +70,25 @@ impl FromStr for Model {
 
 /// Which unsynced changes survive a crash.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Keep {
     /// Every unsynced change is lost.
     #[default]
     None,
     /// Each unsynced change is kept or lost by a seeded draw, within what the model allows.
     Random,
+}
+
+impl TryFrom<String> for Keep {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Keep, String> {
+        match s.as_str() {
+            "none" => Ok(Keep::None),
+            "random" => Ok(Keep::Random),
+            _ => Err(format!("keep must be \"none\" or \"random\", not {s:?}")),
+        }
+    }
 }
 
 /// How to cut the power.
