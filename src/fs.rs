@@ -1621,6 +1621,12 @@ impl Fs {
     pub fn bytes_used(&self) -> u64 {
         self.lock().space.used * PAGE
     }
+
+    /// Bytes of file data freed since the tree was made (deleted, truncated, punched): a
+    /// counter that only grows.
+    pub fn bytes_freed(&self) -> u64 {
+        self.lock().space.given_back * PAGE
+    }
 }
 
 fn check_xattr_name(name: &OsStr) -> Result<(), Errno> {

@@ -399,8 +399,8 @@ impl Drop for Mounted {
     }
 }
 
-/// Watches how much file data the tree holds and, once it has shrunk by [`TRIM_AFTER`] since
-/// its peak (files removed or truncated), hands the freed memory back to the system. glibc
+/// Watches how much file data the tree frees and, once [`TRIM_AFTER`] more was freed (files
+/// removed or truncated), hands the freed memory back to the system. glibc
 /// keeps freed memory in its arenas, and a test daemon lives for a whole test session: without
 /// this, 2 GiB written and deleted stayed in the daemon for good.
 #[derive(Debug)]
@@ -425,15 +425,19 @@ impl Trimmer {
             .name("rawfs-trim".into())
             .stack_size(64 << 10)
             .spawn(move || {
-                let mut peak = 0;
+                // What was freed: counted by the tree, or (a crash that drops data resets the
+                // count of pages in use) seen as a fall from the highest use looked at.
+                let (mut trimmed_at, mut peak) = (0, 0);
                 while !flag.load(std::sync::atomic::Ordering::Acquire) {
-                    let Some(used) = fs.upgrade().map(|f| f.bytes_used()) else {
+                    let Some((used, freed)) =
+                        fs.upgrade().map(|f| (f.bytes_used(), f.bytes_freed()))
+                    else {
                         return;
                     };
                     peak = peak.max(used);
-                    if peak - used >= TRIM_AFTER {
+                    if freed - trimmed_at >= TRIM_AFTER || peak - used >= TRIM_AFTER {
                         trim();
-                        peak = used;
+                        (trimmed_at, peak) = (freed, used);
                     }
                     std::thread::park_timeout(TRIM_POLL);
                 }

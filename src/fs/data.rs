@@ -27,12 +27,19 @@ pub struct Space {
     pub used: u64,
     /// Most pages that may be in use.
     pub limit: u64,
+    /// Pages given back since the tree was made: only grows, so that a watcher polling it
+    /// sees every free, however briefly the pages were in use.
+    pub given_back: u64,
 }
 
 impl Space {
     /// A budget of `limit` pages, none used.
     pub fn with_limit(limit: u64) -> Space {
-        Space { used: 0, limit }
+        Space {
+            used: 0,
+            limit,
+            given_back: 0,
+        }
     }
 
     /// A budget that never runs out.
@@ -54,6 +61,7 @@ impl Space {
     }
 
     fn give_back(&mut self, n: u64) {
+        self.given_back += n.min(self.used);
         self.used = self.used.saturating_sub(n);
     }
 }
