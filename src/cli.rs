@@ -58,7 +58,8 @@ enum Cmd {
     /// Unmount a rawfs mount and wait for its daemon to exit.
     ///
     /// Works on a stale mount left by a daemon that died (the kernel answers "Transport
-    /// endpoint is not connected" there).
+    /// endpoint is not connected" there); on the mount of a `rawfs run` that was killed, it
+    /// also removes the temporary mount point directory.
     #[command(alias = "unmount")]
     Umount {
         /// The mount point.
