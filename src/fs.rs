@@ -521,6 +521,13 @@ impl State {
         }
     }
 
+    /// Saves a file's attributes and contents as the durable state holds them, before a
+    /// write, truncate or fallocate changes both.
+    fn contents_changing(&mut self, ino: u64) {
+        self.meta_changing(ino);
+        self.data_changing(ino);
+    }
+
     /// Saves a file's contents as the durable state holds them, before they change.
     fn data_changing(&mut self, ino: u64) {
         if let Some(Node {
@@ -636,8 +643,7 @@ impl State {
         if flags & libc::O_TRUNC == 0 {
             return Ok(());
         }
-        self.meta_changing(ino);
-        self.data_changing(ino);
+        self.contents_changing(ino);
         let State {
             nodes,
             space,
@@ -648,7 +654,7 @@ impl State {
         if let Body::File(d) = &mut n.body {
             d.truncate(0, space);
             n.touch_modified(now());
-            durable.data_changed(ino, DataChange::Size(0));
+            durable.data_changed(ino, || DataChange::Size(0));
         }
         Ok(())
     }
@@ -910,7 +916,7 @@ impl Fs {
                 Body::File(d) => {
                     untouched = d.size() == size && d.pages() == 0;
                     d.truncate(size, space);
-                    durable.data_changed(ino, DataChange::Size(size));
+                    durable.data_changed(ino, || DataChange::Size(size));
                 }
                 Body::Dir(_) => return Err(Errno::EISDIR),
                 _ => return Err(Errno::EINVAL),
@@ -1231,8 +1237,7 @@ impl Fs {
         let deadline = Instant::now() + SPACE_WAIT;
         let mut written = 0;
         loop {
-            guard.meta_changing(h.ino);
-            guard.data_changing(h.ino);
+            guard.contents_changing(h.ino);
             let State {
                 nodes,
                 space,
@@ -1253,8 +1258,8 @@ impl Fs {
                 if sync {
                     durable.synced_write(h.ino, d, at, done as u64);
                 } else {
-                    let extent = d.extent(at, done as u64);
-                    durable.data_changed(h.ino, DataChange::Write(extent));
+                    let d: &FileData = d;
+                    durable.data_changed(h.ino, || DataChange::Write(d.extent(at, done as u64)));
                 }
                 n.touch_modified(now());
                 n.kill_suid(caller);
@@ -1544,8 +1549,7 @@ impl Fs {
         }
         let mut guard = self.lock();
         let h = guard.handle(fh)?;
-        guard.meta_changing(h.ino);
-        guard.data_changing(h.ino);
+        guard.contents_changing(h.ino);
         let State {
             nodes,
             space,
@@ -1568,11 +1572,12 @@ impl Fs {
             }
             Allocate::PunchHole => {
                 d.punch_hole(offset, len, space);
-                durable.data_changed(h.ino, DataChange::Zero { offset, len });
+                durable.data_changed(h.ino, || DataChange::Zero { offset, len });
             }
         }
         if d.size() != size {
-            durable.data_changed(h.ino, DataChange::Size(d.size()));
+            let new_size = d.size();
+            durable.data_changed(h.ino, || DataChange::Size(new_size));
         }
         n.touch_modified(now());
         Ok(())

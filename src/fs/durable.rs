@@ -174,7 +174,10 @@ struct Unsynced {
     data: Option<FileData>,
     /// Changes to the contents since, in order, each with its change order.
     changes: Vec<(u64, DataChange)>,
-    /// The change log outgrew [`MAX_CHANGES`]: the unsynced contents count as one change.
+    /// Bytes of the writes in `changes`.
+    logged: u64,
+    /// The change log outgrew [`MAX_CHANGES`] or [`MAX_LOGGED`]: the unsynced contents count
+    /// as one change.
     coarse: bool,
     /// Names of a directory that changed since.
     names: BTreeMap<OsString, NameLog>,
@@ -193,6 +196,10 @@ impl Unsynced {
 /// keep every overwritten version alive), and partial crashes keep or lose the file's
 /// unsynced contents as a whole.
 pub const MAX_CHANGES: usize = 4096;
+
+/// Most bytes of writes logged per file between syncs, for the same reason: a program that
+/// rewrites a large file without fsync would otherwise keep every version of it.
+pub const MAX_LOGGED: u64 = 16 << 20;
 
 /// Most changes kept in one name's log between syncs of its directory: past it only the
 /// latest is kept (a name created and removed over and over in a directory never fsynced).
@@ -275,17 +282,26 @@ impl Durable {
         }
     }
 
-    /// Called after a file's contents changed (after [`Durable::data_changing`]).
-    pub(super) fn data_changed(&mut self, ino: u64, change: DataChange) {
+    /// Called after a file's contents changed (after [`Durable::data_changing`]); `change`
+    /// makes the log entry, if the file's log still takes one.
+    pub(super) fn data_changed(&mut self, ino: u64, change: impl FnOnce() -> DataChange) {
         let order = self.next_order();
-        if let Some(u) = self.nodes.get_mut(&ino) {
-            if u.changes.len() >= MAX_CHANGES {
-                u.coarse = true;
-                u.changes = Vec::new();
-            }
-            if !u.coarse {
-                u.changes.push((order, change));
-            }
+        let Some(u) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        if u.coarse {
+            return;
+        }
+        let change = change();
+        if let DataChange::Write(e) = &change {
+            u.logged += e.len;
+        }
+        if u.changes.len() >= MAX_CHANGES || u.logged > MAX_LOGGED {
+            u.coarse = true;
+            u.changes = Vec::new();
+            u.logged = 0;
+        } else {
+            u.changes.push((order, change));
         }
     }
 
@@ -349,6 +365,7 @@ impl Durable {
                 *f = saved;
             }
             u.changes = Vec::new();
+            u.logged = 0;
             u.coarse = false;
         }
         u.gone = Some(Box::new(image));
@@ -370,6 +387,7 @@ impl Durable {
         if let Some(u) = self.nodes.get_mut(&ino) {
             u.data = None;
             u.changes = Vec::new();
+            u.logged = 0;
             u.coarse = false;
             if !datasync {
                 u.meta = None;
@@ -402,6 +420,7 @@ impl Durable {
             if let Some(u) = self.nodes.get_mut(&src) {
                 u.data = None;
                 u.changes = Vec::new();
+                u.logged = 0;
                 u.coarse = false;
             }
             self.tidy(src);
