@@ -1080,6 +1080,39 @@ impl Fs {
         self.lock().rename(parent, name, newparent, newname, mode)
     }
 
+    /// renameat2(2) with `RENAME_WHITEOUT` (and `RENAME_NOREPLACE` if `noreplace`): the rename,
+    /// then, in the same step, a whiteout at the old name: a character device 0:0 with mode 0
+    /// owned by the caller, as tmpfs makes it (overlay file systems use it).
+    pub fn rename_whiteout(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        noreplace: bool,
+    ) -> Result<Renamed, Errno> {
+        let mut s = self.lock();
+        let mode = if noreplace {
+            RenameMode::NoReplace
+        } else {
+            RenameMode::Replace
+        };
+        let done = s.rename(parent, name, newparent, newname, mode)?;
+        if s.node(parent)?.dir()?.get(name).is_none() {
+            let whiteout = NewNode {
+                kind: Kind::CharDevice,
+                perm: 0,
+                rdev: 0,
+                body: Body::Special,
+            };
+            let attr = s.add_node(caller, parent, name, whiteout)?;
+            // The kernel was not given this node: it holds no reference to it.
+            s.node_mut(attr.ino)?.lookups = 0;
+        }
+        Ok(done)
+    }
+
     /// The path of `ino` inside the mount ("/" for the root), by its first name; `None` once
     /// it has no name left.
     pub fn path(&self, ino: u64) -> Option<PathText> {

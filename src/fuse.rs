@@ -748,6 +748,7 @@ impl Filesystem for RawFs {
         reply: ReplyEmpty,
     ) {
         let (p, np) = (ino(parent), ino(newparent));
+        let c = caller(req);
         self.call(
             req,
             Op::Rename,
@@ -764,6 +765,13 @@ impl Filesystem for RawFs {
                     RenameMode::NoReplace
                 } else if flags == RenameFlags::RENAME_EXCHANGE {
                     RenameMode::Exchange
+                } else if flags.contains(RenameFlags::RENAME_WHITEOUT)
+                    && (flags - RenameFlags::RENAME_WHITEOUT)
+                        .difference(RenameFlags::RENAME_NOREPLACE)
+                        .is_empty()
+                {
+                    let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+                    return fs.rename_whiteout(&c, p, name, np, newname, noreplace);
                 } else {
                     return Err(Errno::EINVAL);
                 };

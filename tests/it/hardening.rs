@@ -1037,3 +1037,57 @@ fn memory_of_deleted_files_goes_back_to_the_system() {
         "RSS {base} KiB at start, {full} KiB with 256 MiB of files, {after} KiB after deleting them"
     );
 }
+
+/// renameat2(RENAME_WHITEOUT) in `dir`: a -> b, and with RENAME_NOREPLACE onto an existing
+/// name. Returns what a program sees: each call's errno, and the old name's type, mode and
+/// device number afterwards.
+fn whiteout_steps(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    fs::write(dir.join("a"), b"data").expect("write a");
+    fs::write(dir.join("c"), b"c").expect("write c");
+    fs::write(dir.join("d"), b"d").expect("write d");
+    let rename = |from: &str, to: &str, flags: libc::c_uint| -> i32 {
+        let (f, t) = (common::cpath(&dir.join(from)), common::cpath(&dir.join(to)));
+        // SAFETY: valid C strings; renameat2 has no other preconditions.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                f.as_ptr(),
+                libc::AT_FDCWD,
+                t.as_ptr(),
+                flags,
+            )
+        };
+        if r == 0 { 0 } else { common::errno() }
+    };
+    let mut out = vec![format!(
+        "whiteout a->b: {}",
+        rename("a", "b", libc::RENAME_WHITEOUT)
+    )];
+    let md = fs::symlink_metadata(dir.join("a")).expect("the whiteout is there");
+    out.push(format!(
+        "a: char device {}, mode {:o}, rdev {}",
+        md.file_type().is_char_device(),
+        md.mode() & 0o7777,
+        md.rdev()
+    ));
+    out.push(format!("b: {:?}", fs::read(dir.join("b")).expect("b")));
+    out.push(format!(
+        "whiteout|noreplace c->d: {}",
+        rename("c", "d", libc::RENAME_WHITEOUT | libc::RENAME_NOREPLACE)
+    ));
+    out.push(format!(
+        "whiteout|exchange c->d: {}",
+        rename("c", "d", libc::RENAME_WHITEOUT | libc::RENAME_EXCHANGE)
+    ));
+    out
+}
+
+#[test]
+fn rename_whiteout_leaves_a_whiteout_as_tmpfs_does() {
+    let Some(m) = common::mount() else { return };
+    let tmpfs = tempfile::tempdir_in("/dev/shm").expect("a directory on tmpfs");
+    let want = whiteout_steps(tmpfs.path());
+    assert_eq!(want[0], "whiteout a->b: 0", "tmpfs: {want:?}");
+    assert_eq!(whiteout_steps(m.path()), want);
+}
