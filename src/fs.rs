@@ -2,10 +2,11 @@
 //! rules and errnos of each operation. It knows nothing of FUSE: every method takes plain
 //! values and returns plain data or an [`Errno`], so it is tested without a mount.
 //!
-//! Permission checks are not made here. The mount uses the kernel's `default_permissions`,
-//! which checks modes, ownership and supplementary groups (which a FUSE request does not carry)
-//! exactly as it does for tmpfs; what only the file system can decide (names, types, emptiness,
-//! exclusive create, space) is decided here.
+//! Permission checks are made here, as Linux makes them for tmpfs ([`perm`]), under the same
+//! lock as the operation they guard: every method that a permission decides takes the
+//! [`Caller`]. A mount could leave them to the kernel (`default_permissions`), but the kernel
+//! then asks for the attributes of every directory on a path before each walk: with zero
+//! attribute timeouts that is a request per directory per syscall that the program never made.
 //!
 //! Durability: file contents are copy-on-write pages ([`data::FileData`]) and directories are
 //! plain values ([`dir::Dir`]), so keeping the last fsynced version of a node costs a clone of
@@ -15,6 +16,7 @@ pub mod data;
 pub mod dir;
 pub mod durable;
 mod image;
+pub mod perm;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
@@ -30,6 +32,7 @@ use crate::text::PathText;
 use data::{FileData, PAGE, Space};
 use dir::Dir;
 use durable::{Choice, CrashOptions, DataChange, Durable, Losses, Model};
+use perm::{Asker, Cap, CredentialSource, MAY_EXEC, MAY_READ, MAY_WRITE, Owned};
 
 /// Inode number of the root directory.
 pub const ROOT: u64 = 1;
@@ -43,6 +46,8 @@ const DIRENT_SIZE: u64 = 20;
 const READDIR_BATCH: usize = 1024;
 /// Inode count reported by statfs.
 const MAX_INODES: u64 = 1 << 32;
+/// The open flag the kernel adds when exec(2) opens a file (`__FMODE_EXEC`); FUSE passes it.
+pub const FMODE_EXEC: i32 = 0o40;
 
 /// What kind of node an inode is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -147,6 +152,9 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
     /// New change time; when absent, any change sets it to now.
     pub ctime: Option<SystemTime>,
+    /// The size is set through an open file (ftruncate(2)): the handle's access mode was
+    /// checked at open, and mtime and ctime change even when the size does not, as on tmpfs.
+    pub by_handle: bool,
 }
 
 /// How rename treats an existing target.
@@ -244,6 +252,10 @@ pub struct FsOptions {
     pub root_perm: u16,
     /// What a sync makes durable, for crash simulation.
     pub model: Model,
+    /// Where permission checks read a caller's supplementary groups and capabilities
+    /// ([`perm::from_proc`]); `None` makes no permission checks at all (a caller may do
+    /// anything: for a tree whose mount leaves the checks to the kernel).
+    pub permissions: Option<CredentialSource>,
 }
 
 impl Default for FsOptions {
@@ -256,6 +268,7 @@ impl Default for FsOptions {
             root_gid: gid,
             root_perm: 0o1777,
             model: Model::default(),
+            permissions: Some(perm::from_proc),
         }
     }
 }
@@ -264,6 +277,8 @@ impl Default for FsOptions {
 #[derive(Debug)]
 pub struct Fs {
     state: Mutex<State>,
+    /// See [`FsOptions::permissions`].
+    permissions: Option<CredentialSource>,
     /// Signalled when a node is freed, for writes waiting for space (see [`Fs::write`]).
     freed: Condvar,
 }
@@ -339,6 +354,55 @@ fn check_name(name: &OsStr) -> Result<(), Errno> {
     }
     if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
         return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+/// The permission rules of setattr, as Linux applies them before a file system sees the
+/// change (`setattr_prepare`, truncate(2), utimensat(2)): EACCES or EPERM, or a chmod's setgid
+/// bit dropped where the caller is not in the file's group.
+fn may_setattr(a: &Asker, n: &Node, set: &mut SetAttr) -> Result<(), Errno> {
+    let o = n.owned();
+    if set.size.is_some() && !set.by_handle {
+        a.may(&o, MAY_WRITE)?;
+    }
+    if let Some(uid) = set.uid
+        && !((a.uid() == n.uid && uid == n.uid) || a.capable(Cap::Chown))
+    {
+        return Err(Errno::EPERM);
+    }
+    if let Some(gid) = set.gid
+        && !((a.uid() == n.uid && (gid == n.gid || a.in_group(gid))) || a.capable(Cap::Chown))
+    {
+        return Err(Errno::EPERM);
+    }
+    if let Some(mode) = set.mode {
+        const SUID_SGID: u32 = libc::S_ISUID | libc::S_ISGID;
+        let (new, old) = (mode & 0o7777, u32::from(n.perm));
+        // The kernel itself clears setuid and setgid when someone who may write a file but
+        // does not own it writes, truncates or chowns it: that arrives as a chmod from the
+        // writer, which must pass.
+        let only_clears_ids = new != old && new & !old == 0 && (new ^ old) & !SUID_SGID == 0;
+        if !a.owns(&o) {
+            if !only_clears_ids {
+                return Err(Errno::EPERM);
+            }
+        } else if !only_clears_ids
+            && new & libc::S_ISGID != 0
+            && !a.in_group(set.gid.unwrap_or(n.gid))
+            && !a.capable(Cap::Fsetid)
+        {
+            set.mode = Some(mode & !libc::S_ISGID);
+        }
+    }
+    let touch = set.atime == Some(SetTime::Now) && set.mtime == Some(SetTime::Now);
+    if touch {
+        // utimensat(NULL) or both UTIME_NOW: the owner, or anyone who may write.
+        if !a.owns(&o) {
+            a.may(&o, MAY_WRITE)?;
+        }
+    } else if (set.atime.is_some() || set.mtime.is_some()) && !a.owns(&o) {
+        return Err(Errno::EPERM);
     }
     Ok(())
 }
@@ -423,6 +487,16 @@ impl Node {
         }
     }
 
+    /// Owner, group and mode, as a permission check reads them.
+    fn owned(&self) -> Owned {
+        Owned {
+            perm: self.perm,
+            uid: self.uid,
+            gid: self.gid,
+            dir: self.kind == Kind::Dir,
+        }
+    }
+
     fn dir(&self) -> Result<&Dir, Errno> {
         match &self.body {
             Body::Dir(d) => Ok(d),
@@ -500,6 +574,73 @@ fn path_in(nodes: &FxHashMap<u64, Node>, ino: u64, last: Option<&OsStr>) -> Opti
 impl State {
     fn node(&self, ino: u64) -> Result<&Node, Errno> {
         self.nodes.get(&ino).ok_or(Errno::ENOENT)
+    }
+
+    /// Owner, group and mode of `ino`, for a permission check.
+    fn owned(&self, ino: u64) -> Result<Owned, Errno> {
+        Ok(self.node(ino)?.owned())
+    }
+
+    /// Search permission on directory `parent` (looking a name up in it).
+    fn may_search(&self, who: Option<&Asker>, parent: u64) -> Result<(), Errno> {
+        match who {
+            Some(a) => a.may(&self.owned(parent)?, MAY_EXEC),
+            None => Ok(()),
+        }
+    }
+
+    /// Write and search permission on directory `parent` (adding a name to it).
+    fn may_add(&self, who: Option<&Asker>, parent: u64) -> Result<(), Errno> {
+        match who {
+            Some(a) => a.may(&self.owned(parent)?, MAY_WRITE | MAY_EXEC),
+            None => Ok(()),
+        }
+    }
+
+    /// Removing `victim`'s name from `parent`: write and search on `parent`, then the
+    /// sticky rule.
+    fn may_delete(&self, who: Option<&Asker>, parent: u64, victim: u64) -> Result<(), Errno> {
+        match who {
+            Some(a) => a.may_delete(&self.owned(parent)?, &self.owned(victim)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Opening `ino` with open(2) `flags`: read and/or write by the access mode, write for
+    /// O_TRUNC (Linux truncates even O_RDONLY), execute for an exec(2) open.
+    fn may_open(&self, who: Option<&Asker>, ino: u64, flags: i32) -> Result<(), Errno> {
+        let Some(a) = who else {
+            return Ok(());
+        };
+        let n = self.node(ino)?;
+        let mut mask = match flags & libc::O_ACCMODE {
+            libc::O_RDONLY => MAY_READ,
+            libc::O_WRONLY => MAY_WRITE,
+            _ => MAY_READ | MAY_WRITE,
+        };
+        if flags & libc::O_TRUNC != 0 && n.kind == Kind::File {
+            mask |= MAY_WRITE;
+        }
+        if flags & FMODE_EXEC != 0 {
+            mask |= MAY_EXEC;
+        }
+        a.may(&n.owned(), mask)
+    }
+
+    /// Reading or writing an extended attribute: the kernel checks the `trusted.` namespace
+    /// (CAP_SYS_ADMIN) and which nodes take `user.` attributes; read or write permission on
+    /// the node for `user.` attributes is left to us. Other namespaces need none.
+    fn may_xattr(
+        &self,
+        who: Option<&Asker>,
+        ino: u64,
+        name: &OsStr,
+        mask: u32,
+    ) -> Result<(), Errno> {
+        match who {
+            Some(a) if name.as_bytes().starts_with(b"user.") => a.may(&self.owned(ino)?, mask),
+            _ => self.node(ino).map(|_| ()),
+        }
     }
 
     fn node_mut(&mut self, ino: u64) -> Result<&mut Node, Errno> {
@@ -588,6 +729,7 @@ impl State {
     fn add_node(
         &mut self,
         caller: &Caller,
+        who: Option<&Asker>,
         parent: u64,
         name: &OsStr,
         new: NewNode,
@@ -603,6 +745,7 @@ impl State {
         if dir.get(name).is_some() {
             return Err(Errno::EEXIST);
         }
+        self.may_add(who, parent)?;
         let p = self.node(parent)?;
         let setgid_dir = p.perm & libc::S_ISGID as u16 != 0;
         let gid = if setgid_dir { p.gid } else { caller.gid };
@@ -815,6 +958,44 @@ impl State {
         })
     }
 
+    /// The permission checks of a rename, in the kernel's order (`vfs_rename`): removing the
+    /// source name; removing the target name if there is one, else adding it; and, for a
+    /// directory that changes parent, write permission on it (its ".." changes).
+    fn may_rename(
+        &self,
+        who: Option<&Asker>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        mode: RenameMode,
+    ) -> Result<(), Errno> {
+        let Some(a) = who else {
+            return Ok(());
+        };
+        let src = self.child(parent, name)?;
+        self.may_delete(who, parent, src)?;
+        check_name(newname)?;
+        let dst = self.node(newparent)?.dir()?.get(newname);
+        match dst {
+            Some(dst) => self.may_delete(who, newparent, dst)?,
+            None => self.may_add(who, newparent)?,
+        }
+        if parent != newparent {
+            let s = self.node(src)?;
+            if s.kind == Kind::Dir {
+                a.may(&s.owned(), MAY_WRITE)?;
+            }
+            if let (RenameMode::Exchange, Some(dst)) = (mode, dst) {
+                let d = self.node(dst)?;
+                if d.kind == Kind::Dir {
+                    a.may(&d.owned(), MAY_WRITE)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Moves a directory's ".." (and the link counts it implies) from `from` to `to`.
     fn reparent(&mut self, ino: u64, is_dir: bool, from: u64, to: u64) -> Result<(), Errno> {
         if !is_dir {
@@ -855,7 +1036,13 @@ impl Fs {
                 stale: FxHashSet::default(),
             }),
             freed: Condvar::new(),
+            permissions: opts.permissions,
         }
+    }
+
+    /// The caller of a request, for permission checks; `None` when the tree makes none.
+    fn asker<'a>(&self, caller: &'a Caller) -> Option<Asker<'a>> {
+        self.permissions.map(|source| Asker::new(caller, source))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -864,9 +1051,13 @@ impl Fs {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Looks `name` up in `parent`; the kernel then holds one more reference to the result.
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
+    /// Looks `name` up in `parent` (search permission on `parent` needed); the kernel then
+    /// holds one more reference to the result.
+    pub fn lookup(&self, caller: &Caller, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
+        let who = self.asker(caller);
         let mut s = self.lock();
+        s.node(parent)?.dir()?;
+        s.may_search(who.as_ref(), parent)?;
         let ino = match name.as_bytes() {
             b"." => parent,
             b".." => s.node(parent)?.dir()?.parent,
@@ -893,8 +1084,14 @@ impl Fs {
     }
 
     /// chmod, chown, truncate, utimensat: applies every field given, in one step.
-    pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr, Errno> {
+    pub fn setattr(&self, caller: &Caller, ino: u64, set: &SetAttr) -> Result<Attr, Errno> {
+        let who = self.asker(caller);
         let mut guard = self.lock();
+        let mut set = *set;
+        if let Some(a) = &who {
+            may_setattr(a, guard.node(ino)?, &mut set)?;
+        }
+        let set = &set;
         guard.meta_changing(ino);
         if set.size.is_some() {
             guard.data_changing(ino);
@@ -914,7 +1111,7 @@ impl Fs {
         if let Some(size) = set.size {
             match &mut n.body {
                 Body::File(d) => {
-                    untouched = d.size() == size && d.pages() == 0;
+                    untouched = !set.by_handle && d.size() == size && d.pages() == 0;
                     d.truncate(size, space);
                     durable.data_changed(ino, || DataChange::Size(size));
                 }
@@ -925,7 +1122,8 @@ impl Fs {
                 n.mtime = t;
             }
         }
-        untouched &= set.mode.is_none()
+        untouched &= !set.by_handle
+            && set.mode.is_none()
             && set.uid.is_none()
             && set.gid.is_none()
             && set.atime.is_none()
@@ -982,7 +1180,9 @@ impl Fs {
             rdev,
             body,
         };
-        self.lock().add_node(caller, parent, name, new)
+        let who = self.asker(caller);
+        self.lock()
+            .add_node(caller, who.as_ref(), parent, name, new)
     }
 
     /// mkdir(2).
@@ -1000,7 +1200,9 @@ impl Fs {
             rdev: 0,
             body,
         };
-        self.lock().add_node(caller, parent, name, new)
+        let who = self.asker(caller);
+        self.lock()
+            .add_node(caller, who.as_ref(), parent, name, new)
     }
 
     /// symlink(2).
@@ -1025,13 +1227,17 @@ impl Fs {
             rdev: 0,
             body,
         };
-        self.lock().add_node(caller, parent, name, new)
+        let who = self.asker(caller);
+        self.lock()
+            .add_node(caller, who.as_ref(), parent, name, new)
     }
 
     /// unlink(2). Returns the inode that lost the name.
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<u64, Errno> {
+    pub fn unlink(&self, caller: &Caller, parent: u64, name: &OsStr) -> Result<u64, Errno> {
+        let who = self.asker(caller);
         let mut s = self.lock();
         let ino = s.child(parent, name)?;
+        s.may_delete(who.as_ref(), parent, ino)?;
         if s.node(ino)?.kind == Kind::Dir {
             return Err(Errno::EISDIR);
         }
@@ -1048,9 +1254,11 @@ impl Fs {
     }
 
     /// rmdir(2). Returns the removed directory's inode.
-    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<u64, Errno> {
+    pub fn rmdir(&self, caller: &Caller, parent: u64, name: &OsStr) -> Result<u64, Errno> {
+        let who = self.asker(caller);
         let mut s = self.lock();
         let ino = s.child(parent, name)?;
+        s.may_delete(who.as_ref(), parent, ino)?;
         let n = s.node(ino)?;
         if !n.dir()?.is_empty() {
             return Err(Errno::ENOTEMPTY);
@@ -1071,13 +1279,17 @@ impl Fs {
     /// rename(2) and renameat2(2).
     pub fn rename(
         &self,
+        caller: &Caller,
         parent: u64,
         name: &OsStr,
         newparent: u64,
         newname: &OsStr,
         mode: RenameMode,
     ) -> Result<Renamed, Errno> {
-        self.lock().rename(parent, name, newparent, newname, mode)
+        let who = self.asker(caller);
+        let mut s = self.lock();
+        s.may_rename(who.as_ref(), parent, name, newparent, newname, mode)?;
+        s.rename(parent, name, newparent, newname, mode)
     }
 
     /// renameat2(2) with `RENAME_WHITEOUT` (and `RENAME_NOREPLACE` if `noreplace`): the rename,
@@ -1092,12 +1304,14 @@ impl Fs {
         newname: &OsStr,
         noreplace: bool,
     ) -> Result<Renamed, Errno> {
+        let who = self.asker(caller);
         let mut s = self.lock();
         let mode = if noreplace {
             RenameMode::NoReplace
         } else {
             RenameMode::Replace
         };
+        s.may_rename(who.as_ref(), parent, name, newparent, newname, mode)?;
         let done = s.rename(parent, name, newparent, newname, mode)?;
         if s.node(parent)?.dir()?.get(name).is_none() {
             let whiteout = NewNode {
@@ -1106,7 +1320,7 @@ impl Fs {
                 rdev: 0,
                 body: Body::Special,
             };
-            let attr = s.add_node(caller, parent, name, whiteout)?;
+            let attr = s.add_node(caller, None, parent, name, whiteout)?;
             // The kernel was not given this node: it holds no reference to it.
             s.node_mut(attr.ino)?.lookups = 0;
         }
@@ -1133,7 +1347,14 @@ impl Fs {
     }
 
     /// link(2): a new name for `ino`.
-    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr, Errno> {
+    pub fn link(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> Result<Attr, Errno> {
+        let who = self.asker(caller);
         let mut s = self.lock();
         check_name(newname)?;
         let n = s.node(ino)?;
@@ -1143,9 +1364,13 @@ impl Fs {
         if n.nlink == 0 {
             return Err(Errno::ENOENT);
         }
+        if let Some(a) = &who {
+            a.may_link(&n.owned(), n.kind == Kind::File)?;
+        }
         if s.live_dir(newparent)?.get(newname).is_some() {
             return Err(Errno::EEXIST);
         }
+        s.may_add(who.as_ref(), newparent)?;
         let t = now();
         s.meta_changing(newparent);
         s.meta_changing(ino);
@@ -1162,12 +1387,14 @@ impl Fs {
     }
 
     /// open(2) of an existing node; O_TRUNC truncates here. Returns a file handle.
-    pub fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+    pub fn open(&self, caller: &Caller, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let who = self.asker(caller);
         let mut s = self.lock();
         let n = s.node(ino)?;
         if n.kind == Kind::Dir && flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(Errno::EISDIR);
         }
+        s.may_open(who.as_ref(), ino, flags)?;
         s.truncate_on_open(ino, flags)?;
         s.open_handle(ino, flags)
     }
@@ -1182,6 +1409,7 @@ impl Fs {
         mode: u32,
         flags: i32,
     ) -> Result<(Attr, u64), Errno> {
+        let who = self.asker(caller);
         let mut s = self.lock();
         check_name(name)?;
         if let Some(ino) = s.live_dir(parent)?.get(name) {
@@ -1191,6 +1419,7 @@ impl Fs {
             if s.node(ino)?.kind == Kind::Dir {
                 return Err(Errno::EISDIR);
             }
+            s.may_open(who.as_ref(), ino, flags)?;
             s.truncate_on_open(ino, flags)?;
             let fh = s.open_handle(ino, flags)?;
             let n = s.node_mut(ino)?;
@@ -1200,6 +1429,7 @@ impl Fs {
         let body = Body::File(FileData::default());
         let attr = s.add_node(
             caller,
+            who.as_ref(),
             parent,
             name,
             NewNode {
@@ -1439,9 +1669,11 @@ impl Fs {
     }
 
     /// opendir(3): a handle for readdir.
-    pub fn opendir(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+    pub fn opendir(&self, caller: &Caller, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let who = self.asker(caller);
         let mut s = self.lock();
         s.node(ino)?.dir()?;
+        s.may_open(who.as_ref(), ino, flags)?;
         s.open_handle(ino, flags)
     }
 
@@ -1499,9 +1731,18 @@ impl Fs {
     }
 
     /// setxattr(2); `flags` takes XATTR_CREATE and XATTR_REPLACE.
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+    pub fn setxattr(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> Result<(), Errno> {
         check_xattr_name(name)?;
+        let who = self.asker(caller);
         let mut s = self.lock();
+        s.may_xattr(who.as_ref(), ino, name, MAY_WRITE)?;
         s.meta_changing(ino);
         let n = s.node_mut(ino)?;
         let exists = n.xattrs.contains_key(name);
@@ -1517,14 +1758,12 @@ impl Fs {
     }
 
     /// getxattr(2): the whole value.
-    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
+    pub fn getxattr(&self, caller: &Caller, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
         check_xattr_name(name)?;
-        self.lock()
-            .node(ino)?
-            .xattrs
-            .get(name)
-            .cloned()
-            .ok_or(Errno::ENODATA)
+        let who = self.asker(caller);
+        let s = self.lock();
+        s.may_xattr(who.as_ref(), ino, name, MAY_READ)?;
+        s.node(ino)?.xattrs.get(name).cloned().ok_or(Errno::ENODATA)
     }
 
     /// listxattr(2): every name, each followed by a NUL byte.
@@ -1539,9 +1778,11 @@ impl Fs {
     }
 
     /// removexattr(2).
-    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<(), Errno> {
+    pub fn removexattr(&self, caller: &Caller, ino: u64, name: &OsStr) -> Result<(), Errno> {
         check_xattr_name(name)?;
+        let who = self.asker(caller);
         let mut s = self.lock();
+        s.may_xattr(who.as_ref(), ino, name, MAY_WRITE)?;
         s.meta_changing(ino);
         let n = s.node_mut(ino)?;
         n.xattrs.remove(name).ok_or(Errno::ENODATA)?;
@@ -1549,30 +1790,15 @@ impl Fs {
         Ok(())
     }
 
-    /// access(2) by mode bits for `caller` (root passes read and write, and execute when any
-    /// execute bit is set or the node is a directory).
+    /// access(2) and chdir(2): whether `caller` may read, write or execute (the `R_OK`,
+    /// `W_OK` and `X_OK` bits of `mask`) `ino`, as Linux decides for access(2) (the request
+    /// carries the real uid and gid; capabilities count for a real uid 0 only).
     pub fn access(&self, caller: &Caller, ino: u64, mask: i32) -> Result<(), Errno> {
+        let source = self.permissions.unwrap_or(perm::ids_only);
+        let who = Asker::for_access(caller, source);
         let s = self.lock();
         let n = s.node(ino)?;
-        if mask == libc::F_OK {
-            return Ok(());
-        }
-        let perm = u32::from(n.perm);
-        let granted = if caller.uid == 0 {
-            let x = perm & 0o111 != 0 || n.kind == Kind::Dir;
-            (libc::R_OK | libc::W_OK) | if x { libc::X_OK } else { 0 }
-        } else if caller.uid == n.uid {
-            ((perm >> 6) & 7) as i32
-        } else if caller.gid == n.gid {
-            ((perm >> 3) & 7) as i32
-        } else {
-            (perm & 7) as i32
-        };
-        if mask & !granted != 0 {
-            Err(Errno::EACCES)
-        } else {
-            Ok(())
-        }
+        who.may(&n.owned(), mask as u32 & 7)
     }
 
     /// fallocate(2) through handle `fh`.

@@ -177,10 +177,24 @@ fn nothing<T>(_: &mut Event, _: &T) {}
 /// a regular file 0644 holding `content`, owned by `uid`/`gid`. Nothing happens if the name
 /// exists already.
 fn competitor_create(fs: &Fs, parent: u64, name: &OsStr, content: &[u8], uid: u32, gid: u32) {
-    let who = Caller { uid, gid, pid: 0 };
+    // Created by a caller the tree lets do anything (uid 0, whose credentials cannot be read
+    // with pid 0), then given to `uid`/`gid`: the competitor is not subject to the checks
+    // the program under test is.
+    let root = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-    if let Ok((attr, fh)) = fs.create(&who, parent, name, libc::S_IFREG | 0o644, flags) {
+    if let Ok((attr, fh)) = fs.create(&root, parent, name, libc::S_IFREG | 0o644, flags) {
+        let owner = SetAttr {
+            uid: Some(uid),
+            gid: Some(gid),
+            ..SetAttr::default()
+        };
+        let _ = fs.setattr(&root, attr.ino, &owner);
         if !content.is_empty() {
+            let who = Caller { uid, gid, pid: 0 };
             let _ = fs.write(&who, fh, 0, content);
         }
         let _ = fs.release(fh);
@@ -530,12 +544,12 @@ impl Filesystem for RawFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let p = ino(parent);
+        let (p, c) = (ino(parent), caller(req));
         self.call(
             req,
             Op::Lookup,
             |e, fs| named(e, fs, p, name),
-            |fs| fs.lookup(p, name),
+            |fs| fs.lookup(&c, p, name),
             entry_outcome,
             |r| self.entry(r, reply),
         );
@@ -590,17 +604,17 @@ impl Filesystem for RawFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // ftruncate(2) (a size with a file handle) sets mtime and ctime even to the same size,
-        // as on tmpfs: the kernel leaves that to the daemon and sends no time.
-        let ftruncate = size.is_some() && fh.is_some();
+        let c = caller(req);
         let set = SetAttr {
             mode,
             uid,
             gid,
             size,
             atime: set_time(atime),
-            mtime: set_time(mtime).or(ftruncate.then_some(SetTime::Now)),
+            mtime: set_time(mtime),
             ctime: ctime.map(request_time),
+            // ftruncate(2): the kernel sends the size with the file handle.
+            by_handle: size.is_some() && fh.is_some(),
         };
         self.call(
             req,
@@ -622,7 +636,7 @@ impl Filesystem for RawFs {
                 if fh.is_some_and(|f| fs.is_stale(f.0)) {
                     return Err(Errno::EIO);
                 }
-                fs.setattr(ino(i), &set)
+                fs.setattr(&c, ino(i), &set)
             },
             nothing,
             |r| self.attr(r, reply),
@@ -692,24 +706,24 @@ impl Filesystem for RawFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let p = ino(parent);
+        let (p, c) = (ino(parent), caller(req));
         self.call(
             req,
             Op::Unlink,
             |e, fs| named(e, fs, p, name),
-            |fs| fs.unlink(p, name),
+            |fs| fs.unlink(&c, p, name),
             |e, victim| e.node = Some(*victim),
             |r| Self::empty(r, reply),
         );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let p = ino(parent);
+        let (p, c) = (ino(parent), caller(req));
         self.call(
             req,
             Op::Rmdir,
             |e, fs| named(e, fs, p, name),
-            |fs| fs.rmdir(p, name),
+            |fs| fs.rmdir(&c, p, name),
             |e, victim| e.node = Some(*victim),
             |r| Self::empty(r, reply),
         );
@@ -775,7 +789,7 @@ impl Filesystem for RawFs {
                 } else {
                     return Err(Errno::EINVAL);
                 };
-                fs.rename(p, name, np, newname, mode)
+                fs.rename(&c, p, name, np, newname, mode)
             },
             |e, done| {
                 e.node = Some(done.node);
@@ -793,7 +807,7 @@ impl Filesystem for RawFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (i, np) = (ino(i), ino(newparent));
+        let (i, np, c) = (ino(i), ino(newparent), caller(req));
         self.call(
             req,
             Op::Link,
@@ -803,7 +817,7 @@ impl Filesystem for RawFs {
                 e.ino2 = Some(np);
                 e.path2 = fs.name_path(np, newname);
             },
-            |fs| fs.link(i, np, newname),
+            |fs| fs.link(&c, i, np, newname),
             entry_outcome,
             |r| self.entry(r, reply),
         );
@@ -817,7 +831,7 @@ impl Filesystem for RawFs {
                 on_inode(e, fs, ino(i));
                 e.flags = Some(flags.0);
             },
-            |fs| fs.open(ino(i), flags.0),
+            |fs| fs.open(&caller(req), ino(i), flags.0),
             |e, fh| e.out_fh = Some(*fh),
             |r| self.opened(r, self.open_flags(), reply),
         );
@@ -974,7 +988,7 @@ impl Filesystem for RawFs {
                 on_inode(e, fs, ino(i));
                 e.flags = Some(flags.0);
             },
-            |fs| fs.opendir(ino(i), flags.0),
+            |fs| fs.opendir(&caller(req), ino(i), flags.0),
             |e, fh| e.out_fh = Some(*fh),
             |r| self.opened(r, FopenFlags::empty(), reply),
         );
@@ -1075,7 +1089,7 @@ impl Filesystem for RawFs {
                 e.flags = Some(flags);
                 e.size = Some(value.len() as u64);
             },
-            |fs| fs.setxattr(ino(i), name, value, flags),
+            |fs| fs.setxattr(&caller(req), ino(i), name, value, flags),
             nothing,
             |r| Self::empty(r, reply),
         );
@@ -1090,7 +1104,7 @@ impl Filesystem for RawFs {
                 e.name = Some(lossy(name));
             },
             size,
-            |fs| fs.getxattr(ino(i), name),
+            |fs| fs.getxattr(&caller(req), ino(i), name),
             reply,
         );
     }
@@ -1114,7 +1128,7 @@ impl Filesystem for RawFs {
                 on_inode(e, fs, ino(i));
                 e.name = Some(lossy(name));
             },
-            |fs| fs.removexattr(ino(i), name),
+            |fs| fs.removexattr(&caller(req), ino(i), name),
             nothing,
             |r| Self::empty(r, reply),
         );

@@ -185,9 +185,16 @@ impl Mounted {
         let mut options = vec![
             MountOption::FSName("rawfs".into()),
             MountOption::Subtype("rawfs".into()),
-            // Permission checks by the kernel, with supplementary groups, as on tmpfs.
-            MountOption::DefaultPermissions,
         ];
+        // The tree checks permissions itself, on every request, with supplementary groups
+        // and capabilities read from /proc when they decide (src/fs/perm.rs). With the
+        // kernel's own checks (`default_permissions`) the kernel would first ask for the
+        // attributes of every directory on a path, a getattr per directory per syscall at
+        // zero timeouts. With --cache the kernel skips the lookups of names it holds, so it
+        // must check search permission on the way itself: there it checks too.
+        if config.cache == CacheMode::Cached {
+            options.push(MountOption::DefaultPermissions);
+        }
         // Device nodes and setuid bits behave as on tmpfs.
         options.push(MountOption::Dev);
         options.push(MountOption::Suid);

@@ -42,6 +42,7 @@ pub fn open_flags(flags: i32) -> String {
         (libc::O_NOATIME, "O_NOATIME"),
         (libc::O_CLOEXEC, "O_CLOEXEC"),
         (libc::O_PATH, "O_PATH"),
+        (crate::fs::FMODE_EXEC, "FMODE_EXEC"),
     ];
     for &(bit, name) in NAMES {
         if bit != 0 && rest & bit == bit {
@@ -80,6 +81,7 @@ pub fn open_flag_bits(name: &str) -> Option<i32> {
         "CLOEXEC" => libc::O_CLOEXEC,
         "PATH" => libc::O_PATH,
         "TMPFILE" => libc::O_TMPFILE,
+        "FMODE_EXEC" => crate::fs::FMODE_EXEC,
         _ => return None,
     })
 }

@@ -648,7 +648,7 @@ impl Tree {
     }
 
     fn names(&self) -> Vec<String> {
-        let fh = self.0.opendir(ROOT, 0).expect("opendir");
+        let fh = self.0.opendir(&ROOTC, ROOT, 0).expect("opendir");
         let mut names = Vec::new();
         let mut offset = 0;
         loop {
@@ -710,7 +710,7 @@ fn a_crash_takes_no_time_to_speak_of_for_a_small_tree() {
             t.0.fsync(fh, false).expect("fsync");
         }
     }
-    let dir = t.0.opendir(ROOT, 0).expect("opendir");
+    let dir = t.0.opendir(&ROOTC, ROOT, 0).expect("opendir");
     t.0.fsync(dir, false).expect("fsyncdir");
     let start = std::time::Instant::now();
     let crashed = t.0.crash(CrashOptions::default());
@@ -733,7 +733,7 @@ fn a_file_rewritten_past_the_log_limit_survives_whole_or_not_at_all() {
         let t = Tree::new(Model::Strict);
         let fh = t.create("f", b"durable!");
         t.0.fsync(fh, false).expect("fsync");
-        let dir = t.0.opendir(ROOT, 0).expect("opendir");
+        let dir = t.0.opendir(&ROOTC, ROOT, 0).expect("opendir");
         t.0.fsync(dir, false).expect("fsyncdir");
         for i in 0..(rawfs::fs::durable::MAX_CHANGES + 10) {
             t.0.write(&ROOTC, fh, 0, format!("{:08}", i % 100_000_000).as_bytes())
@@ -745,8 +745,10 @@ fn a_file_rewritten_past_the_log_limit_survives_whole_or_not_at_all() {
             seed,
             torn: None,
         });
-        let attr = t.0.lookup(ROOT, OsStr::new("f")).expect("f survives");
-        let fh = t.0.open(attr.ino, libc::O_RDONLY).expect("open");
+        let attr =
+            t.0.lookup(&ROOTC, ROOT, OsStr::new("f"))
+                .expect("f survives");
+        let fh = t.0.open(&ROOTC, attr.ino, libc::O_RDONLY).expect("open");
         let got = t.0.read(fh, 0, 64).expect("read");
         assert!(
             got == b"durable!" || got == last.as_bytes(),
@@ -794,17 +796,17 @@ fn a_partial_crash_that_keeps_a_removed_files_name_shows_its_durable_contents() 
         let t = Tree::new(Model::Strict);
         let fh = t.create("f", b"never synced");
         t.0.release(fh).expect("release");
-        let ino = t.0.unlink(ROOT, OsStr::new("f")).expect("unlink");
+        let ino = t.0.unlink(&ROOTC, ROOT, OsStr::new("f")).expect("unlink");
         // The kernel forgets it: the node leaves the live tree.
         t.0.forget(ino, 1);
-        let attr = t.0.lookup(ROOT, OsStr::new("f"));
+        let attr = t.0.lookup(&ROOTC, ROOT, OsStr::new("f"));
         assert!(attr.is_err());
         t.0.crash(CrashOptions {
             keep: Keep::Random,
             seed,
             torn: None,
         });
-        if let Ok(a) = t.0.lookup(ROOT, OsStr::new("f")) {
+        if let Ok(a) = t.0.lookup(&ROOTC, ROOT, OsStr::new("f")) {
             kept += 1;
             assert_eq!(a.size, 0, "seed {seed}: the data was never made durable");
         }

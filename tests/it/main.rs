@@ -14,6 +14,7 @@ mod hardening;
 mod library;
 mod lifecycle;
 mod model;
+mod permissions;
 mod posix;
 mod trace;
 mod trace_cli;

@@ -1219,6 +1219,8 @@ impl FsDriver {
                 root_gid: 0,
                 root_perm: 0o755,
                 model,
+                // Every step runs as uid 0, privileged without /proc.
+                permissions: Some(rawfs::fs::perm::ids_only),
             }),
             slots: Default::default(),
             losses: Default::default(),
@@ -1226,7 +1228,7 @@ impl FsDriver {
     }
 
     fn lookup(&self, parent: u64, name: &str) -> Result<u64, Errno> {
-        let a = self.fs.lookup(parent, OsStr::new(name))?;
+        let a = self.fs.lookup(&ROOT_CALLER, parent, OsStr::new(name))?;
         self.fs.forget(a.ino, 1);
         Ok(a.ino)
     }
@@ -1258,14 +1260,14 @@ impl FsDriver {
         flags: i32,
         f: impl FnOnce(u64) -> Result<T, Errno>,
     ) -> Result<T, Errno> {
-        let fh = self.fs.open(ino, flags)?;
+        let fh = self.fs.open(&ROOT_CALLER, ino, flags)?;
         let r = f(fh);
         self.fs.release(fh).expect("release");
         r
     }
 
     fn readdir(&self, ino: u64) -> Result<Vec<String>, Errno> {
-        let fh = self.fs.opendir(ino, libc::O_RDONLY)?;
+        let fh = self.fs.opendir(&ROOT_CALLER, ino, libc::O_RDONLY)?;
         let mut names = Vec::new();
         let mut offset = 0;
         loop {
@@ -1305,9 +1307,12 @@ impl FsDriver {
             Op::Open { slot, path, write } => {
                 // Keep the reference the path walk takes, as the kernel does for an open file.
                 let (dir, name) = split(path);
-                let ino = self.fs.lookup(self.resolve(dir)?, OsStr::new(name))?.ino;
+                let ino = self
+                    .fs
+                    .lookup(&ROOT_CALLER, self.resolve(dir)?, OsStr::new(name))?
+                    .ino;
                 let flags = if write { libc::O_RDWR } else { libc::O_RDONLY };
-                let fh = match self.fs.open(ino, flags) {
+                let fh = match self.fs.open(&ROOT_CALLER, ino, flags) {
                     Ok(fh) => fh,
                     Err(e) => {
                         self.fs.forget(ino, 1);
@@ -1377,7 +1382,9 @@ impl FsDriver {
                     size: Some(size),
                     ..SetAttr::default()
                 };
-                self.fs.setattr(ino, &set).map(|_| Value::Done)
+                self.fs
+                    .setattr(&ROOT_CALLER, ino, &set)
+                    .map(|_| Value::Done)
             }
             Op::Chmod { path, mode } => {
                 let ino = self.resolve(path)?;
@@ -1385,14 +1392,16 @@ impl FsDriver {
                     mode: Some(mode),
                     ..SetAttr::default()
                 };
-                self.fs.setattr(ino, &set).map(|_| Value::Done)
+                self.fs
+                    .setattr(&ROOT_CALLER, ino, &set)
+                    .map(|_| Value::Done)
             }
             Op::Fsync { path } => {
                 let ino = self.resolve(path)?;
                 let fh = if self.fs.getattr(ino)?.kind == Kind::Dir {
-                    self.fs.opendir(ino, libc::O_RDONLY)?
+                    self.fs.opendir(&ROOT_CALLER, ino, libc::O_RDONLY)?
                 } else {
-                    self.fs.open(ino, libc::O_RDONLY)?
+                    self.fs.open(&ROOT_CALLER, ino, libc::O_RDONLY)?
                 };
                 let r = self.fs.fsync(fh, false);
                 self.fs.release(fh).expect("release");
@@ -1415,7 +1424,7 @@ impl FsDriver {
             }
             Op::Rmdir { path } => {
                 let (p, name) = self.resolve_parent(path)?;
-                self.fs.rmdir(p, name).map(|_| Value::Done)
+                self.fs.rmdir(&ROOT_CALLER, p, name).map(|_| Value::Done)
             }
             Op::Create {
                 path,
@@ -1468,11 +1477,13 @@ impl FsDriver {
                     size: Some(size),
                     ..SetAttr::default()
                 };
-                self.fs.setattr(ino, &set).map(|_| Value::Done)
+                self.fs
+                    .setattr(&ROOT_CALLER, ino, &set)
+                    .map(|_| Value::Done)
             }
             Op::Unlink { path } => {
                 let (p, name) = self.resolve_parent(path)?;
-                self.fs.unlink(p, name).map(|_| Value::Done)
+                self.fs.unlink(&ROOT_CALLER, p, name).map(|_| Value::Done)
             }
             Op::Rename { from, to, mode } => {
                 let (p, name) = self.resolve_parent(from)?;
@@ -1483,13 +1494,13 @@ impl FsDriver {
                     Mode::Exchange => RenameMode::Exchange,
                 };
                 self.fs
-                    .rename(p, name, np, newname, mode)
+                    .rename(&ROOT_CALLER, p, name, np, newname, mode)
                     .map(|_| Value::Done)
             }
             Op::Link { from, to } => {
                 let ino = self.resolve(from)?;
                 let (p, name) = self.resolve_parent(to)?;
-                let a = self.fs.link(ino, p, name)?;
+                let a = self.fs.link(&ROOT_CALLER, ino, p, name)?;
                 self.fs.forget(a.ino, 1);
                 Ok(Value::Done)
             }
@@ -2027,6 +2038,7 @@ fn regression_enospc_write_does_not_grow_the_file() {
         root_gid: 0,
         root_perm: 0o755,
         model: Default::default(),
+        permissions: Some(rawfs::fs::perm::ids_only),
     });
     let mk = |name: &str| {
         let (a, fh) = fs

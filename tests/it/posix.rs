@@ -339,10 +339,13 @@ fn eventually(mut cond: impl FnMut() -> bool) -> bool {
 /// The bytes the tree holds for a file in the mount root, read without the kernel.
 fn tree_contents(m: &rawfs::TempMount, name: &str) -> Vec<u8> {
     let fs = m.fs();
+    let root = rawfs::fs::Caller::default();
     let attr = fs
-        .lookup(rawfs::fs::ROOT, OsStr::new(name))
+        .lookup(&root, rawfs::fs::ROOT, OsStr::new(name))
         .expect("lookup in tree");
-    let fh = fs.open(attr.ino, libc::O_RDONLY).expect("open in tree");
+    let fh = fs
+        .open(&root, attr.ino, libc::O_RDONLY)
+        .expect("open in tree");
     let data = fs.read(fh, 0, attr.size as u32).expect("read in tree");
     fs.release(fh).expect("release in tree");
     fs.forget(attr.ino, 1);
