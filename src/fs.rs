@@ -581,14 +581,6 @@ impl State {
         Ok(self.node(ino)?.owned())
     }
 
-    /// Search permission on directory `parent` (looking a name up in it).
-    fn may_search(&self, who: Option<&Asker>, parent: u64) -> Result<(), Errno> {
-        match who {
-            Some(a) => a.may(&self.owned(parent)?, MAY_EXEC),
-            None => Ok(()),
-        }
-    }
-
     /// Write and search permission on directory `parent` (adding a name to it).
     fn may_add(&self, who: Option<&Asker>, parent: u64) -> Result<(), Errno> {
         match who {
@@ -1056,12 +1048,18 @@ impl Fs {
     pub fn lookup(&self, caller: &Caller, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
         let who = self.asker(caller);
         let mut s = self.lock();
-        s.node(parent)?.dir()?;
-        s.may_search(who.as_ref(), parent)?;
+        let p = s.node(parent)?;
+        let d = p.dir()?;
+        if let Some(a) = &who {
+            a.may(&p.owned(), MAY_EXEC)?;
+        }
         let ino = match name.as_bytes() {
             b"." => parent,
-            b".." => s.node(parent)?.dir()?.parent,
-            _ => s.child(parent, name)?,
+            b".." => d.parent,
+            _ => {
+                check_name(name)?;
+                d.get(name).ok_or(Errno::ENOENT)?
+            }
         };
         let n = s.node_mut(ino)?;
         n.lookups += 1;
