@@ -5,7 +5,6 @@ use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -250,6 +249,9 @@ impl Mounted {
             .name("rawfs-session".into())
             .spawn(move || session.run())
             .map_err(|e| MountError(format!("cannot start the session thread: {e}")))?;
+        // From the mount table, not a stat of the mount point: that would be a request of
+        // rawfs's own at the head of every trace.
+        let connection = connection_of(&abs);
         let control = match Server::start(Served {
             fs: fs.clone(),
             recorder: recorder.clone(),
@@ -265,9 +267,6 @@ impl Mounted {
                 None
             }
         };
-        let connection = std::fs::metadata(mountpoint)
-            .ok()
-            .map(|m| libc::minor(m.dev()));
         info!(
             "mounted rawfs on {} ({:?}, {} threads)",
             mountpoint.display(),
@@ -586,22 +585,22 @@ pub fn unmount_path(path: &Path, lazy: bool) -> io::Result<()> {
 
 /// True if `path` is the root of a rawfs mount (source "rawfs"), per /proc/self/mountinfo.
 pub fn is_rawfs_mount(path: &Path) -> bool {
-    let Ok(abs) = crate::registry::absolute(path) else {
-        return false;
-    };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    info.lines().any(|line| {
+    crate::registry::absolute(path).is_ok_and(|abs| connection_of(&abs).is_some())
+}
+
+/// The kernel's id of the FUSE connection of the rawfs mount on `abs` (an absolute path with
+/// its parent's symlinks resolved), if there is one: the minor device number of the last
+/// such mount in /proc/self/mountinfo (the one on top).
+fn connection_of(abs: &Path) -> Option<u32> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|line| {
         let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            return false;
-        };
-        fields
-            .get(4)
-            .is_some_and(|mp| unescape_mountinfo(mp) == abs.as_os_str().as_bytes())
-            && fields.get(sep + 1).is_some_and(|t| t.starts_with("fuse"))
-            && fields.get(sep + 2).is_some_and(|src| *src == "rawfs")
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let ours = unescape_mountinfo(fields.get(4)?) == abs.as_os_str().as_bytes()
+            && fields.get(sep + 1)?.starts_with("fuse")
+            && *fields.get(sep + 2)? == "rawfs";
+        let (_, minor) = fields.get(2)?.split_once(':')?;
+        if ours { minor.parse().ok() } else { None }
     })
 }
 
