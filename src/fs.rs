@@ -42,7 +42,7 @@ pub const NAME_MAX: usize = 255;
 pub const SYMLINK_MAX: usize = 4095;
 /// Directory size as tmpfs reports it: a fixed amount per entry, "." and ".." included.
 const DIRENT_SIZE: u64 = 20;
-/// Most entries one readdir call returns.
+/// Most entries one [`Fs::readdir`] call returns.
 const READDIR_BATCH: usize = 1024;
 /// Inode count reported by statfs.
 const MAX_INODES: u64 = 1 << 32;
@@ -1675,32 +1675,56 @@ impl Fs {
         s.open_handle(ino, flags)
     }
 
-    /// readdir(3): entries after `offset` ("." and ".." first), in a stable order.
+    /// readdir(3): up to [`READDIR_BATCH`] entries after `offset` ("." and ".." first), in a
+    /// stable order.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>, Errno> {
+        let mut out = Vec::new();
+        self.readdir_with(fh, offset, |ino, offset, kind, name| {
+            if out.len() == READDIR_BATCH {
+                return true;
+            }
+            out.push(DirEntry {
+                ino,
+                offset,
+                kind,
+                name: name.to_owned(),
+            });
+            false
+        })?;
+        Ok(out)
+    }
+
+    /// readdir(3) into the caller's buffer: hands `add` each entry after `offset` as
+    /// (inode, offset of the next entry, kind, name) until it returns true: the buffer is
+    /// full and did not take that entry, which the next call, from the offset of the last
+    /// entry taken, gives again. Only the entries offered are looked at, whatever the size of
+    /// the directory. Returns the number of entries taken.
+    pub fn readdir_with(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, Kind, &OsStr) -> bool,
+    ) -> Result<usize, Errno> {
         let s = self.lock();
         let h = s.handle(fh)?;
         let dir = s.node(h.ino)?.dir()?;
-        let mut out = Vec::new();
+        let mut taken = 0;
         for (cookie, name, ino) in [(1, ".", h.ino), (2, "..", dir.parent)] {
             if offset < cookie {
-                out.push(DirEntry {
-                    ino,
-                    offset: cookie,
-                    kind: Kind::Dir,
-                    name: name.into(),
-                });
+                if add(ino, cookie, Kind::Dir, OsStr::new(name)) {
+                    return Ok(taken);
+                }
+                taken += 1;
             }
         }
-        for (cookie, name, ino) in dir.entries_after(offset, READDIR_BATCH) {
+        for (cookie, name, ino) in dir.entries_after(offset) {
             let kind = s.node(ino).map(|n| n.kind).unwrap_or(Kind::File);
-            out.push(DirEntry {
-                ino,
-                offset: cookie,
-                kind,
-                name,
-            });
+            if add(ino, cookie, kind, name) {
+                break;
+            }
+            taken += 1;
         }
-        Ok(out)
+        Ok(taken)
     }
 
     /// closedir(3).

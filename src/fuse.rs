@@ -9,6 +9,7 @@
 //! reply, sent before the event is handed to the recorder). The tree never sees fuser types
 //! and this file never formats a trace.
 
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -1000,8 +1001,11 @@ impl Filesystem for RawFs {
         i: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
+        // The tree fills the kernel's buffer itself, so that it looks at only the entries
+        // that fit; the answer is sent afterwards, from the same reply.
+        let reply = RefCell::new(Some(reply));
         self.call(
             req,
             Op::Readdir,
@@ -1009,18 +1013,23 @@ impl Filesystem for RawFs {
                 on_handle(e, fs, ino(i), fh.0);
                 e.offset = Some(offset as i64);
             },
-            |fs| fs.readdir(fh.0, offset),
+            |fs| {
+                let mut slot = reply.borrow_mut();
+                let Some(r) = slot.as_mut() else {
+                    return Err(Errno::EIO);
+                };
+                fs.readdir_with(fh.0, offset, |ino, off, kind, name| {
+                    r.add(INodeNo(ino), off, file_type(kind), name)
+                })
+            },
             nothing,
-            |r| match r {
-                Ok(entries) => {
-                    for e in entries {
-                        if reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), &e.name) {
-                            break;
-                        }
+            |res| {
+                if let Some(r) = reply.borrow_mut().take() {
+                    match res {
+                        Ok(_) => r.ok(),
+                        Err(e) => r.error(err(e)),
                     }
-                    reply.ok();
                 }
-                Err(e) => reply.error(err(e)),
             },
         );
     }

@@ -13,7 +13,13 @@
 //! of the listing, which then showed it twice: `find`, `ls` and `rsync` see duplicates.)
 
 use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
+use std::hash::BuildHasher;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
 
 /// Lowest cookie an entry may have; 1 and 2 are "." and "..".
 const MIN_COOKIE: u64 = 3;
@@ -22,15 +28,33 @@ const MIN_COOKIE: u64 = 3;
 const FIRST_COOKIE: u64 = 1 << 62;
 
 /// A directory's entries.
+///
+/// A name is found by hash, not by string comparisons down a tree of a million names, and
+/// listed by cookie; its text is allocated once and shared by both. Each hash slot keeps its
+/// name's hash, so that growing the table never reads a name: at a million entries it is a
+/// copy of the slots, not a million cache misses.
 #[derive(Clone, Debug)]
 pub struct Dir {
     /// Parent directory inode (itself for the root).
     pub parent: u64,
     /// Set by rmdir: nothing may be created in a removed directory.
     pub removed: bool,
-    by_name: BTreeMap<OsString, (u64, u64)>,
-    by_cookie: BTreeMap<u64, OsString>,
+    by_name: HashTable<Slot>,
+    /// Cookie -> (name, inode), in listing order.
+    by_cookie: BTreeMap<u64, (Arc<OsStr>, u64)>,
     next_cookie: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    hash: u64,
+    name: Arc<OsStr>,
+    ino: u64,
+    cookie: u64,
+}
+
+fn hash(name: &OsStr) -> u64 {
+    FxBuildHasher.hash_one(name.as_bytes())
 }
 
 impl Dir {
@@ -39,15 +63,20 @@ impl Dir {
         Dir {
             parent,
             removed: false,
-            by_name: BTreeMap::new(),
+            by_name: HashTable::new(),
             by_cookie: BTreeMap::new(),
             next_cookie: FIRST_COOKIE,
         }
     }
 
+    fn slot(&self, name: &OsStr) -> Option<&Slot> {
+        let h = hash(name);
+        self.by_name.find(h, |s| s.hash == h && *s.name == *name)
+    }
+
     /// The inode a name points to.
     pub fn get(&self, name: &OsStr) -> Option<u64> {
-        self.by_name.get(name).map(|&(ino, _)| ino)
+        self.slot(name).map(|s| s.ino)
     }
 
     /// Number of entries, "." and ".." not counted.
@@ -62,8 +91,15 @@ impl Dir {
 
     /// Adds or replaces `name`; a replaced name keeps its place in the listing order.
     pub fn insert(&mut self, name: &OsStr, ino: u64) {
-        if let Some(entry) = self.by_name.get_mut(name) {
-            entry.0 = ino;
+        let h = hash(name);
+        if let Some(s) = self
+            .by_name
+            .find_mut(h, |s| s.hash == h && *s.name == *name)
+        {
+            s.ino = ino;
+            if let Some(listed) = self.by_cookie.get_mut(&s.cookie) {
+                listed.1 = ino;
+            }
             return;
         }
         let cookie = self.next_cookie;
@@ -72,37 +108,61 @@ impl Dir {
             "readdir cookies of a directory exhausted"
         );
         self.next_cookie -= 1;
-        self.by_name.insert(name.to_owned(), (ino, cookie));
-        self.by_cookie.insert(cookie, name.to_owned());
+        let name: Arc<OsStr> = Arc::from(name);
+        self.by_cookie.insert(cookie, (Arc::clone(&name), ino));
+        let slot = Slot {
+            hash: h,
+            name,
+            ino,
+            cookie,
+        };
+        self.by_name.insert_unique(h, slot, |s| s.hash);
     }
 
     /// Removes `name`, returning the inode it pointed to.
     pub fn remove(&mut self, name: &OsStr) -> Option<u64> {
-        let (ino, cookie) = self.by_name.remove(name)?;
-        self.by_cookie.remove(&cookie);
-        Some(ino)
+        let h = hash(name);
+        let entry = self
+            .by_name
+            .find_entry(h, |s| s.hash == h && *s.name == *name)
+            .ok()?;
+        let (slot, _) = entry.remove();
+        self.by_cookie.remove(&slot.cookie);
+        // An emptied directory gives its table back (after an rm -rf of a million names).
+        if self.by_name.is_empty() {
+            self.by_name = HashTable::new();
+        }
+        Some(slot.ino)
     }
 
-    /// Up to `max` entries whose cookie is greater than `after`, as (cookie, name, inode).
-    pub fn entries_after(&self, after: u64, max: usize) -> Vec<(u64, OsString, u64)> {
+    /// The entries whose cookie is greater than `after`, in listing order, as
+    /// (cookie, name, inode).
+    pub fn entries_after(&self, after: u64) -> impl Iterator<Item = (u64, &OsStr, u64)> {
         self.by_cookie
             .range(after.saturating_add(1)..)
-            .take(max)
-            .map(|(&cookie, name)| (cookie, name.clone(), self.by_name[name].0))
-            .collect()
+            .map(|(&cookie, (name, ino))| (cookie, &**name, *ino))
     }
 
-    /// Every (name, inode) pair, in name order.
+    /// Every (name, inode) pair, in name order (a sort: for whole-tree walks, not requests).
     pub fn iter(&self) -> impl Iterator<Item = (&OsStr, u64)> {
-        self.by_name
-            .iter()
-            .map(|(n, &(ino, _))| (n.as_os_str(), ino))
+        let mut all: Vec<(&OsStr, u64)> = self.by_name.iter().map(|s| (&*s.name, s.ino)).collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all.into_iter()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsString;
+
+    /// Up to `max` entries after `after`, owned.
+    fn list(d: &Dir, after: u64, max: usize) -> Vec<(u64, OsString, u64)> {
+        d.entries_after(after)
+            .take(max)
+            .map(|(c, n, i)| (c, n.to_owned(), i))
+            .collect()
+    }
 
     #[test]
     fn a_resumed_listing_shows_no_name_twice_and_nothing_added_after_it_began() {
@@ -110,22 +170,18 @@ mod tests {
         for n in ["a", "b", "c"] {
             d.insert(OsStr::new(n), 10);
         }
-        let first = d.entries_after(2, 1);
+        let first = list(&d, 2, 1);
         let listed = first[0].1.clone();
         // The listed name goes and comes back; another name comes and another is replaced.
         d.remove(&listed);
         d.insert(&listed, 12);
         d.insert(OsStr::new("new"), 13);
-        let rest: Vec<OsString> = d
-            .entries_after(first[0].0, 10)
-            .into_iter()
-            .map(|e| e.1)
-            .collect();
+        let rest: Vec<OsString> = list(&d, first[0].0, 10).into_iter().map(|e| e.1).collect();
         assert!(!rest.contains(&listed), "{listed:?} listed twice: {rest:?}");
         assert!(!rest.contains(&OsString::from("new")), "{rest:?}");
         assert_eq!(rest.len(), 2, "the two names that stayed: {rest:?}");
         // A new listing shows everything once.
-        assert_eq!(d.entries_after(2, 10).len(), 4);
+        assert_eq!(list(&d, 2, 10).len(), 4);
     }
 
     #[test]
@@ -134,19 +190,32 @@ mod tests {
         for n in ["a", "b", "c", "d"] {
             d.insert(OsStr::new(n), 10);
         }
-        let first = d.entries_after(0, 2);
+        let first = list(&d, 0, 2);
         assert_eq!(first.len(), 2);
         d.remove(OsStr::new("a"));
         d.remove(OsStr::new("c"));
         d.insert(OsStr::new("e"), 11);
-        let rest: Vec<_> = d
-            .entries_after(first[1].0, 10)
-            .into_iter()
-            .map(|e| e.1)
-            .collect();
+        let rest: Vec<_> = list(&d, first[1].0, 10).into_iter().map(|e| e.1).collect();
         // Newest first: the first two were "d" and "c"; of the rest, "a" went, and "e" came
         // after the listing began.
         assert_eq!(first[1].1, OsString::from("c"));
         assert_eq!(rest, vec![OsString::from("b")]);
+    }
+
+    #[test]
+    fn a_replaced_name_lists_its_new_inode_in_its_place() {
+        let mut d = Dir::new(1);
+        for (n, ino) in [("b", 10), ("a", 11), ("c", 12)] {
+            d.insert(OsStr::new(n), ino);
+        }
+        d.insert(OsStr::new("a"), 20);
+        let listed: Vec<(OsString, u64)> =
+            list(&d, 0, 10).into_iter().map(|e| (e.1, e.2)).collect();
+        let owned = |v: &[(&str, u64)]| -> Vec<(OsString, u64)> {
+            v.iter().map(|&(n, i)| (n.into(), i)).collect()
+        };
+        assert_eq!(listed, owned(&[("c", 12), ("a", 20), ("b", 10)]));
+        let by_name: Vec<(OsString, u64)> = d.iter().map(|(n, i)| (n.to_owned(), i)).collect();
+        assert_eq!(by_name, owned(&[("a", 20), ("b", 10), ("c", 12)]));
     }
 }
