@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::data::{Extent, FileData, Space};
 use super::dir::Dir;
-use super::{Body, Kind, Node, ROOT};
+use super::{Body, Kind, Node, Nodes, ROOT};
 
 /// Which changes a sync makes durable, and in which order unsynced changes may reach the disk.
 /// docs/crash.md lists each rule with the test that shows it.
@@ -742,7 +742,7 @@ struct After {
 
 /// A crash worked out: the new tree and what it loses.
 pub(super) struct Outcome {
-    pub(super) nodes: FxHashMap<u64, Node>,
+    pub(super) nodes: Nodes,
     pub(super) losses: Losses,
 }
 
@@ -820,7 +820,7 @@ fn kind_name(k: Kind) -> &'static str {
 /// Works out the tree a crash leaves, from the live nodes and the durable bookkeeping.
 /// `path` gives a live node's path for reports. Nothing is changed.
 pub(super) fn plan(
-    live: &FxHashMap<u64, Node>,
+    live: &Nodes,
     d: &Durable,
     choice: Choice,
     path: &dyn Fn(u64) -> Option<String>,
@@ -843,12 +843,12 @@ pub(super) fn plan(
                 // Times alone are not worth a line in the report: every change moves them.
                 loss.attrs = live
                     .get(&ino)
-                    .or(u.gone.as_deref())
+                    .or(u.gone.as_ref())
                     .is_some_and(|n| !meta.same_but_times(n));
                 a.meta = Some(meta.clone());
             }
         }
-        let live_data = match live.get(&ino).or(u.gone.as_deref()).map(|n| &n.body) {
+        let live_data = match live.get(&ino).or(u.gone.as_ref()).map(|n| &n.body) {
             Some(Body::File(f)) => Some(f),
             _ => None,
         };
@@ -933,7 +933,8 @@ pub(super) fn plan(
     // name leads to it.
     let source = |ino: u64| -> Option<&Node> {
         live.get(&ino)
-            .or_else(|| d.nodes.get(&ino).and_then(|u| u.gone.as_deref()))
+            .or_else(|| d.nodes.get(&ino).and_then(|u| u.gone.as_ref()))
+            .map(|n| &**n)
     };
     let mut links: FxHashMap<u64, Vec<(u64, OsString)>> = FxHashMap::default();
     let mut entries: FxHashMap<u64, Vec<(OsString, u64)>> = FxHashMap::default();
@@ -971,7 +972,7 @@ pub(super) fn plan(
         entries.insert(dir, kept);
     }
 
-    let mut nodes: FxHashMap<u64, Node> = FxHashMap::default();
+    let mut nodes: Nodes = FxHashMap::default();
     for &ino in &seen {
         let Some(src) = source(ino) else { continue };
         let mut n = src.image();
@@ -1004,7 +1005,7 @@ pub(super) fn plan(
         } else {
             n.nlink = n.links.len() as u32;
         }
-        nodes.insert(ino, n);
+        nodes.insert(ino, Box::new(n));
     }
     // The kernel still holds references to live nodes the crash removed: keep them as
     // unlinked, empty nodes until it forgets them.
@@ -1025,7 +1026,7 @@ pub(super) fn plan(
             }
             _ => l.image().body,
         };
-        nodes.insert(ino, n);
+        nodes.insert(ino, Box::new(n));
     }
 
     // Names that differ between the live tree and the crashed one.

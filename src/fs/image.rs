@@ -10,14 +10,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxHashMap;
 
-use super::{Body, Kind, Node, ROOT};
+use super::{Body, Kind, Node, Nodes, ROOT};
 
 /// Bytes read from a file's pages and written out at a time.
 const CHUNK: usize = 1 << 20;
 
 /// Writes the tree under `ROOT` of `nodes` into `dir`, which must be missing or empty:
 /// contents, symlinks, special files, hard links, modes, owners (as root), times and xattrs.
-pub(super) fn write(nodes: &FxHashMap<u64, Node>, dir: &Path) -> io::Result<()> {
+pub(super) fn write(nodes: &Nodes, dir: &Path) -> io::Result<()> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {

@@ -10,22 +10,20 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustc_hash::FxHashMap;
-
 use super::durable::{self, Change, Choice, Durable, Losses};
-use super::{Body, Fs, Node, ROOT, path_in};
+use super::{Body, Fs, Nodes, ROOT, path_in};
 
 /// The tree and its durable state at one moment.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
-    nodes: FxHashMap<u64, Node>,
+    nodes: Nodes,
     durable: Durable,
 }
 
 /// The tree one crash would leave.
 #[derive(Debug)]
 pub struct CrashState {
-    nodes: FxHashMap<u64, Node>,
+    nodes: Nodes,
     /// What the crash lost.
     pub losses: Losses,
 }
