@@ -6,6 +6,7 @@
 #   stat     fstatat() of each of those N files                                 [ops/s]
 #   unlink   unlinkat() of each of those N files                                [ops/s]
 #   randread 4 KiB random reads on a 64 MiB file, fio psync, 1 job, time based  [IOPS]
+#   randwrite 4 KiB random writes on that file, fio psync, 1 job, time based    [IOPS]
 #   seqwrite 1 MiB sequential writes, fio psync, 1 job, time based              [MB/s]
 #   seqread  1 MiB sequential reads, fio psync, 1 job, time based               [MB/s]
 # (MB = 10^6 bytes.) The metadata figures come from a small C program that the
@@ -31,7 +32,8 @@
 # The rawfs variants are mounted side by side and measured interleaved, because
 # a small machine is noisy: first --md-rounds short metadata rounds (default 200,
 # quick 10; each over a tenth of --files, at least 500 files), then --rounds
-# rounds (default 10, quick 3) of the 4k randread run, each done on every
+# rounds (default 10, quick 3) of the 4k randread run, then as many of the 4k
+# randwrite run (on the same file), each done on every
 # variant in an order that changes from round to round so that every variant
 # runs in every place equally often (A B C, B C A, C A B, C B A, A C B, B A C);
 # the median over the rounds is reported. Many short metadata rounds, because one
@@ -51,7 +53,8 @@
 # fills) and VmRSS and `rawfs status MNT --json` (buffered, trace.recorded) are
 # read again: bytes per buffered event = VmRSS growth / growth of the buffer. A
 # control mount with `--trace-capacity 0` runs the same stats, and the figure
-# net of its VmRSS growth is printed too.
+# net of its VmRSS growth is printed too. Both mounts leave out --cache if the
+# rawfs arguments hold it: with it, the kernel answers the stats itself.
 #
 # Output: a table with absolute figures, then a table of ratios: recording on
 # vs off (rawfs/rawfs-notrace, the difference in %, and the range of that ratio
@@ -79,7 +82,7 @@
 # Further options:
 #   --files N               number of files for the metadata workloads (default 10000, quick 5000)
 #   --runtime SEC           seconds per fio workload (default 5, quick 3)
-#   --rounds N              interleaved 4k randread rounds for the rawfs variants (default 10, quick 3)
+#   --rounds N              interleaved 4k randread (and randwrite) rounds for the rawfs variants (default 10, quick 3)
 #   --md-rounds N           interleaved metadata rounds for the rawfs variants (default 200, quick 10)
 #   --no-trace-mem          skip the trace memory measurement
 #   --passthrough-opts STR  options for passthrough_ll instead of the automatic choice
@@ -614,17 +617,17 @@ write_rules() {
 # the rounds); RV[variant.metric] = the per-round values, space separated.
 # Metrics below, in table order.
 declare -A R=() RV=()
-METRICS=(create stat unlink randread seqwrite seqread)
-ROUND_METRICS=(create stat unlink randread)
+METRICS=(create stat unlink randread randwrite seqwrite seqread)
+ROUND_METRICS=(create stat unlink randread randwrite)
 declare -A M_LABEL=(
     [create]="create (open+close)" [stat]="stat" [unlink]="unlink"
-    [randread]="4k randread" [seqwrite]="1M seq write" [seqread]="1M seq read")
+    [randread]="4k randread" [randwrite]="4k randwrite" [seqwrite]="1M seq write" [seqread]="1M seq read")
 declare -A M_UNIT=(
     [create]="ops/s" [stat]="ops/s" [unlink]="ops/s"
-    [randread]="IOPS" [seqwrite]="MB/s" [seqread]="MB/s")
+    [randread]="IOPS" [randwrite]="IOPS" [seqwrite]="MB/s" [seqread]="MB/s")
 declare -A M_JSON=(
     [create]="create_ops_per_s" [stat]="stat_ops_per_s" [unlink]="unlink_ops_per_s"
-    [randread]="randread_4k_iops" [seqwrite]="seqwrite_1m_mb_per_s" [seqread]="seqread_1m_mb_per_s")
+    [randread]="randread_4k_iops" [randwrite]="randwrite_4k_iops" [seqwrite]="seqwrite_1m_mb_per_s" [seqread]="seqread_1m_mb_per_s")
 
 # run_fio target rw bs size_mib file -> prints "iops bw_kib_per_s"
 # Terse v3 fields: 7/8 read bandwidth KiB/s / IOPS, 48/49 the same for writes.
@@ -659,9 +662,9 @@ run_md() { # target dir rounds [files]
     printf '%s\n' "$out"
 }
 
-run_randread() { # dir -> IOPS
+run_rand() { # randread|randwrite dir -> IOPS (on the laid-out randread file)
     local res iops bw
-    res=$(run_fio randread 4k "$RR_SIZE_MIB" "$1/randread.dat")
+    res=$(run_fio "$1" 4k "$RR_SIZE_MIB" "$2/randread.dat")
     read -r iops bw <<<"$res"
     awk -v x="$iops" 'BEGIN { printf "%.0f", x }'
 }
@@ -690,7 +693,9 @@ bench_dir() { # target dir
     [[ -n "${R[$t.unlink]:-}" ]] || die "mdbench gave no figures on $t"
 
     log "$t: 4k randread on ${RR_SIZE_MIB} MiB (${RUNTIME} s)"
-    R[$t.randread]=$(run_randread "$d")
+    R[$t.randread]=$(run_rand randread "$d")
+    log "$t: 4k randwrite on ${RR_SIZE_MIB} MiB (${RUNTIME} s)"
+    R[$t.randwrite]=$(run_rand randwrite "$d")
     rm -f "$d/randread.dat"
 
     bench_seq "$t" "$d"
@@ -838,12 +843,14 @@ bench_variants() {
                 done <<<"$out"
             done
         done
-        for (( r = rr_from; r <= rr_to; r++ )); do
-            round_order "$r"
-            log "round $r/$VROUNDS: 4k randread (${RUNTIME} s) on ${order[*]}"
-            for v in "${order[@]}"; do
-                x=$(run_randread "$WORK/$v")
-                rv_add "$v.randread" "$x"
+        for k in randread randwrite; do
+            for (( r = rr_from; r <= rr_to; r++ )); do
+                round_order "$r"
+                log "round $r/$VROUNDS: 4k $k (${RUNTIME} s) on ${order[*]}"
+                for v in "${order[@]}"; do
+                    x=$(run_rand "$k" "$WORK/$v")
+                    rv_add "$v.$k" "$x"
+                done
             done
         done
         for v in "${VARIANTS[@]}"; do
@@ -858,7 +865,7 @@ bench_variants() {
         for k in "${ROUND_METRICS[@]}"; do
             [[ -n "${RV[$v.$k]:-}" ]] || die "no $k figures for $v"
             R[$v.$k]=$(median "${RV[$v.$k]}")
-            if [[ $k == randread ]]; then R[$v.$k]=$(awk -v x="${R[$v.$k]}" 'BEGIN { printf "%.0f", x }'); fi
+            if [[ $k == rand* ]]; then R[$v.$k]=$(awk -v x="${R[$v.$k]}" 'BEGIN { printf "%.0f", x }'); fi
         done
     done
     for v in "${VARIANTS[@]}"; do
@@ -888,8 +895,14 @@ TM_CAPACITY=200000
 TM_STATS=70000
 TM_WARMUP=1000
 declare -A TM=()
+# The rawfs arguments of the trace-mem mounts: without --cache.
+TM_ARGS_EFF=" $RAWFS_ARGS_EFF "
+TM_ARGS_EFF=${TM_ARGS_EFF// --cache / }
+TM_ARGS_EFF=${TM_ARGS_EFF# }
+TM_ARGS_EFF=${TM_ARGS_EFF% }
 trace_mem_measure() { # label capacity -> TM[label.*]
     local l=$1 cap=$2 mnt="$WORK/mem-$1" pid s0 s1 spid
+    local RAWFS_ARGS_EFF=$TM_ARGS_EFF # seen by mount_rawfs
     log "trace-mem ($l): rawfs mount $mnt --daemon $RAWFS_ARGS_EFF --trace-capacity $cap; $TM_STATS stats"
     mount_rawfs "$mnt" --trace-capacity "$cap"
     mkdir "$mnt/mem"
@@ -1016,7 +1029,7 @@ NCPU="$(nproc)"
     echo "rawfs benchmark ($MODE mode), $(date -u +%Y-%m-%dT%H:%M:%SZ), kernel $KERNEL, $NCPU x ${CPU:-cpu}"
     echo "  load average (1/5/15 min): $LOAD_START at start, $LOAD_END at end"
     echo "  metadata: $NFILES files in one directory; tmpfs/passthrough_ll: median of $MD_ROUNDS round(s) (target/bench/mdbench)"
-    echo "  fio $FIO_VERSION, psync, 1 job, ${RUNTIME} s time based: 4k randread on ${RR_SIZE_MIB} MiB; 1M seq write/read on ${SEQ_SIZE_MIB} MiB; MB = 10^6 B"
+    echo "  fio $FIO_VERSION, psync, 1 job, ${RUNTIME} s time based: 4k randread, then 4k randwrite, on ${RR_SIZE_MIB} MiB; 1M seq write/read on ${SEQ_SIZE_MIB} MiB; MB = 10^6 B"
     if (( DO_TMPFS )); then echo "  tmpfs:          mount -t tmpfs -o size=$FS_SIZE_BYTES"; fi
     if (( DO_PT )); then echo "  passthrough_ll: libfuse $FUSE_VERSION example, -f -o source=<fresh tmpfs> $PT_OPTS, multi-threaded, no writeback ($PT_OPTS_WHY)"; fi
     if (( ${#VARIANTS[@]} )); then
@@ -1034,7 +1047,7 @@ NCPU="$(nproc)"
             fi
             printf '\n'
         done
-        echo "  rawfs variants mounted side by side, rounds split into blocks with the mount order rotated (each variant mounted first once), run order rotated (each variant in each place of a round equally often): create/stat/unlink: median of $MDV_ROUNDS interleaved round(s) of $VFILES files; 4k randread: median of $VROUNDS interleaved round(s); seq write/read: one run each"
+        echo "  rawfs variants mounted side by side, rounds split into blocks with the mount order rotated (each variant mounted first once), run order rotated (each variant in each place of a round equally often): create/stat/unlink: median of $MDV_ROUNDS interleaved round(s) of $VFILES files; 4k randread/randwrite: median of $VROUNDS interleaved round(s); seq write/read: one run each"
     fi
     if (( DO_TMPFS || DO_PT || ${#VARIANTS[@]} )); then
         echo
@@ -1081,7 +1094,7 @@ NCPU="$(nproc)"
     fi
     if (( DO_TRACEMEM )); then
         echo
-        echo "trace memory: rawfs --trace-capacity $TM_CAPACITY, stat(MNT/mem/file) x $TM_STATS after $TM_WARMUP warm-up stats"
+        echo "trace memory: rawfs mount MNT --daemon $TM_ARGS_EFF --trace-capacity $TM_CAPACITY, stat(MNT/mem/file) x $TM_STATS after $TM_WARMUP warm-up stats"
         echo "  requests per stat: ${TM[req_per_stat]}; recorded ${TM[on.rec0]} -> ${TM[on.rec1]}, buffered ${TM[on.buf0]} -> ${TM[on.buf1]}, evicted ${TM[on.evicted]}, dropped ${TM[on.dropped]}"
         echo "  daemon VmRSS: $(mib "${TM[on.rss0]}") MiB -> $(mib "${TM[on.rss1]}") MiB (+${TM[drss]} KiB)" \
             "; control with --trace-capacity 0: $(mib "${TM[off.rss0]}") MiB -> $(mib "${TM[off.rss1]}") MiB (+${TM[dctl]} KiB)"
@@ -1230,7 +1243,7 @@ json_phases() {
     printf '    "rawfs_variants": {"rawfs": %s, "rawfs-notrace": %s, "rawfs-100rules": %s}\n' \
         "$(json_variant_cfg rawfs)" "$(json_variant_cfg rawfs-notrace)" "$(json_variant_cfg rawfs-100rules)"
     printf '  },\n'
-    printf '  "units": {"create_ops_per_s": "ops/s", "stat_ops_per_s": "ops/s", "unlink_ops_per_s": "ops/s", "randread_4k_iops": "IOPS", "seqwrite_1m_mb_per_s": "MB/s (10^6 B/s)", "seqread_1m_mb_per_s": "MB/s (10^6 B/s)"},\n'
+    printf '  "units": {"create_ops_per_s": "ops/s", "stat_ops_per_s": "ops/s", "unlink_ops_per_s": "ops/s", "randread_4k_iops": "IOPS", "randwrite_4k_iops": "IOPS", "seqwrite_1m_mb_per_s": "MB/s (10^6 B/s)", "seqread_1m_mb_per_s": "MB/s (10^6 B/s)"},\n'
     printf '  "targets": {\n'
     printf '    "tmpfs": %s,\n' "$(json_target tmpfs "$DO_TMPFS")"
     printf '    "passthrough_ll": %s,\n' "$(json_target passthrough "$DO_PT")"
