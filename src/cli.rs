@@ -181,6 +181,12 @@ struct MountArgs {
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
+    /// Of those, the threads waiting for requests while no request is delayed or held (the
+    /// others wait for such requests): one answers a single caller fastest, more serve several
+    /// callers on more CPUs at once.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    readers: u16,
     /// Also write every request to FILE as it happens, as JSON Lines (see docs/trace.md).
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
@@ -226,6 +232,12 @@ impl MountArgs {
         if self.trace.is_some() && self.trace_capacity == 0 {
             return Err("--trace FILE needs recording on; drop --trace-capacity 0".into());
         }
+        if self.readers > self.threads {
+            return Err(format!(
+                "--readers {} is more than --threads {}: readers are some of the threads",
+                self.readers, self.threads
+            ));
+        }
         Ok(())
     }
 }
@@ -250,6 +262,7 @@ impl MountArgs {
             },
             size: self.size,
             threads: self.threads.into(),
+            readers: self.readers.into(),
             trace: TraceConfig {
                 capacity: self.trace_capacity,
                 file: self
@@ -270,6 +283,8 @@ impl MountArgs {
 
     fn to_args(&self) -> Vec<OsString> {
         let mut a: Vec<OsString> = vec!["--threads".into(), self.threads.to_string().into()];
+        a.push("--readers".into());
+        a.push(self.readers.to_string().into());
         if let Some(s) = self.size {
             a.push("--size".into());
             a.push(s.to_string().into());

@@ -22,7 +22,7 @@ pub mod snapshot;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -281,6 +281,18 @@ pub struct Fs {
     permissions: Option<CredentialSource>,
     /// Signalled when a node is freed, for writes waiting for space (see [`Fs::write`]).
     freed: Condvar,
+    /// Called when a write starts waiting for space ([`Fs::on_wait`]).
+    wait_hook: OnceLock<WaitHook>,
+}
+
+/// What a request does when it starts waiting for other requests to free space; what it
+/// returns is dropped when the wait ends.
+pub struct WaitHook(pub Box<dyn Fn() -> Box<dyn std::any::Any + Send> + Send + Sync>);
+
+impl std::fmt::Debug for WaitHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WaitHook")
+    }
 }
 
 /// How long a write that ran out of space waits for unlinked files to be freed.
@@ -1036,7 +1048,15 @@ impl Fs {
             }),
             freed: Condvar::new(),
             permissions: opts.permissions,
+            wait_hook: OnceLock::new(),
         }
+    }
+
+    /// Sets what a write does when it starts waiting for unlinked files to be freed (once per
+    /// tree): the FUSE adapter lets another thread take requests meanwhile, as the requests
+    /// that free the space (FORGET, RELEASE) must be read for the wait to end.
+    pub fn on_wait(&self, hook: WaitHook) {
+        let _ = self.wait_hook.set(hook);
     }
 
     /// The caller of a request, for permission checks; `None` when the tree makes none.
@@ -1504,6 +1524,7 @@ impl Fs {
         let sync = sync || h.flags & (libc::O_SYNC | libc::O_DSYNC) != 0;
         let deadline = Instant::now() + SPACE_WAIT;
         let mut written = 0;
+        let mut waiting = None;
         loop {
             guard.contents_changing(h.ino);
             let State {
@@ -1539,6 +1560,9 @@ impl Fs {
             let now = Instant::now();
             if written == data.len() || now >= deadline || guard.unlinked_pages() == 0 {
                 break;
+            }
+            if waiting.is_none() {
+                waiting = self.wait_hook.get().map(|h| (h.0)());
             }
             guard = self
                 .freed

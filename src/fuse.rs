@@ -38,6 +38,8 @@ use crate::trace::{Event, Op};
 
 pub mod power;
 use power::{Cause, Power};
+pub mod reserve;
+use reserve::Reserve;
 
 /// How the kernel may cache what rawfs answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -66,6 +68,8 @@ pub struct RawFs {
     power: Arc<Power>,
     /// The power switch keeps the tree after each request (`rawfs explore`).
     record_states: bool,
+    /// The session threads not needed to read requests wait here.
+    reserve: Arc<Reserve>,
 }
 
 fn ino(i: INodeNo) -> u64 {
@@ -229,7 +233,21 @@ impl RawFs {
             unrecorded,
             record_states: power.records_states(),
             power,
+            reserve: Reserve::new(1, 1),
         }
+    }
+
+    /// Served by `threads` session threads, of which `readers` wait for requests while none
+    /// is blocked and the others wait in reserve ([`reserve`]). A write that waits for space
+    /// (FORGET and RELEASE requests freeing unlinked files) counts as blocked.
+    pub fn with_threads(mut self, threads: usize, readers: usize) -> RawFs {
+        let reserve = Reserve::new(threads, readers);
+        let hook = reserve.clone();
+        self.fs.on_wait(crate::fs::WaitHook(Box::new(move || {
+            Box::new(hook.blocking())
+        })));
+        self.reserve = reserve;
+        self
     }
 
     /// One request through the pipeline (see [`RawFs::call_with`]), for operations that no
@@ -295,6 +313,23 @@ impl RawFs {
             p.event.rule = Some(rule.id());
             early = self.fault_before(rule, &mut p.event);
         }
+        self.answer_and_record(op, &mut pending, hit, early, run, outcome, answer);
+        drop(pending);
+        self.reserve.after_request();
+    }
+
+    /// The part of [`RawFs::call_with`] after the fault rules decided.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_and_record<T>(
+        &self,
+        op: Op,
+        pending: &mut Option<Pending>,
+        hit: Option<Arc<Compiled>>,
+        early: Option<Errno>,
+        run: impl FnOnce(&Fs, Option<&Compiled>) -> Result<T, Errno>,
+        outcome: impl FnOnce(&mut Event, &T),
+        answer: impl FnOnce(Result<T, Errno>),
+    ) {
         let result = match early {
             Some(errno) => Err(errno),
             None => match catch_unwind(AssertUnwindSafe(|| run(&self.fs, hit.as_deref()))) {
@@ -311,6 +346,7 @@ impl RawFs {
             },
         };
         if let Some((d, true)) = hit.as_ref().and_then(|r| r.delay()) {
+            let _blocked = self.reserve.blocking();
             std::thread::sleep(d);
         }
         let Some(p) = pending.as_mut() else {
@@ -379,11 +415,13 @@ impl RawFs {
                 (format!("kill {name}"), Some(Errno::EINTR))
             }
             Action::Delay { ms, after: false } => {
+                let _blocked = self.reserve.blocking();
                 std::thread::sleep(Duration::from_millis(*ms));
                 (format!("delay {ms}ms"), None)
             }
             Action::Delay { ms, after: true } => (format!("delay {ms}ms after"), None),
             Action::Hold => {
+                let _blocked = self.reserve.blocking();
                 let waited = self.faults.holds.hold(Held {
                     hold: 0,
                     rule: rule.id(),

@@ -32,6 +32,10 @@ pub struct MountConfig {
     pub size: Option<u64>,
     /// Threads serving requests.
     pub threads: usize,
+    /// Of those, the threads that wait for the kernel's requests while no request is delayed
+    /// or held; the others wait in reserve for such requests (default 1: on a small machine,
+    /// one thread answers a caller fastest; more serve several callers on more CPUs at once).
+    pub readers: usize,
     /// What the trace keeps and where it writes.
     pub trace: TraceConfig,
     /// Fault rules in force from the start.
@@ -49,6 +53,7 @@ impl Default for MountConfig {
             cache: CacheMode::Direct,
             size: None,
             threads: 4,
+            readers: 1,
             trace: TraceConfig::default(),
             faults: Vec::new(),
             model: Model::default(),
@@ -232,7 +237,8 @@ impl Mounted {
             faults.clone(),
             unrecorded.clone(),
             power.clone(),
-        );
+        )
+        .with_threads(config.threads.max(1), config.readers);
         let mut session = Session::new(adapter, mountpoint, &fuse_config).map_err(|e| {
             let shown = mountpoint.display();
             match e.raw_os_error() {

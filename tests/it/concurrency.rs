@@ -451,8 +451,10 @@ fn threads_and_processes_create_rename_unlink_while_others_list() {
 
 #[test]
 fn eight_daemon_threads_serve_the_same_workload() {
+    // All eight read requests at once, so that requests run in the tree side by side.
     let m = crate::mount_or_skip!(MountConfig {
         threads: 8,
+        readers: 8,
         ..MountConfig::default()
     });
     let root = m.path().to_path_buf();
