@@ -9,12 +9,11 @@
 //! operation itself, with no getattr of the directories on the way.
 
 use std::path::Path;
-use std::process::Command;
 
 use rawfs::fuse::CacheMode;
 use rawfs::{MountConfig, Op};
 
-use crate::common::{mount_with, must_run, s, text};
+use crate::common::{mount_with, must_run, python, s, text};
 use crate::differential::Tmpfs;
 
 /// The steps, run in the directory given as argv[1] (as root). Users 1000 and 2000 have
@@ -228,20 +227,7 @@ step("groups changed between reads", regroup)
 
 /// Runs [`STEPS`] in `dir`; returns its output.
 fn run_steps(dir: &Path) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(STEPS)
-        .arg(dir)
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "the steps failed on {}: {}\n{}",
-        dir.display(),
-        out.status,
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    text(&python(dir, STEPS, &["."]).stdout)
 }
 
 /// True if this process may switch users (root); otherwise prints why the test is skipped,
@@ -326,7 +312,7 @@ os.path.exists("end")
 os.stat("e/f")
 "#
     );
-    crate::common::python(m.path(), &program, &[]);
+    python(m.path(), &program, &[]);
     let begin = m
         .events()
         .op(Op::Lookup)
