@@ -863,14 +863,17 @@ impl State {
         self.maybe_free(ino);
     }
 
+    /// A rename, after its permission checks ([`State::may_rename`]).
     fn rename(
         &mut self,
+        who: Option<&Asker>,
         parent: u64,
         name: &OsStr,
         newparent: u64,
         newname: &OsStr,
         mode: RenameMode,
     ) -> Result<Renamed, Errno> {
+        self.may_rename(who, parent, name, newparent, newname, mode)?;
         check_name(name)?;
         check_name(newname)?;
         let src = self.child(parent, name)?;
@@ -1313,8 +1316,7 @@ impl Fs {
     ) -> Result<Renamed, Errno> {
         let who = self.asker(caller);
         let mut s = self.lock();
-        s.may_rename(who.as_ref(), parent, name, newparent, newname, mode)?;
-        s.rename(parent, name, newparent, newname, mode)
+        s.rename(who.as_ref(), parent, name, newparent, newname, mode)
     }
 
     /// renameat2(2) with `RENAME_WHITEOUT` (and `RENAME_NOREPLACE` if `noreplace`): the rename,
@@ -1336,8 +1338,7 @@ impl Fs {
         } else {
             RenameMode::Replace
         };
-        s.may_rename(who.as_ref(), parent, name, newparent, newname, mode)?;
-        let done = s.rename(parent, name, newparent, newname, mode)?;
+        let done = s.rename(who.as_ref(), parent, name, newparent, newname, mode)?;
         if s.node(parent)?.dir()?.get(name).is_none() {
             let whiteout = NewNode {
                 kind: Kind::CharDevice,

@@ -185,11 +185,7 @@ fn competitor_create(fs: &Fs, parent: u64, name: &OsStr, content: &[u8], uid: u3
     // Created by a caller the tree lets do anything (uid 0, whose credentials cannot be read
     // with pid 0), then given to `uid`/`gid`: the competitor is not subject to the checks
     // the program under test is.
-    let root = Caller {
-        uid: 0,
-        gid: 0,
-        pid: 0,
-    };
+    let root = Caller::default();
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
     if let Ok((attr, fh)) = fs.create(&root, parent, name, libc::S_IFREG | 0o644, flags) {
         let owner = SetAttr {
