@@ -229,21 +229,27 @@ impl RawFs {
             unrecorded,
             record_states: power.records_states(),
             power,
-            reserve: Reserve::new(1, 1),
+            reserve: Reserve::new(1, 1, Duration::ZERO),
         }
     }
 
     /// Served by `threads` session threads, of which `readers` wait for requests while none
     /// is blocked and the others wait in reserve ([`reserve`]). A write that waits for space
-    /// (FORGET and RELEASE requests freeing unlinked files) counts as blocked.
-    pub fn with_threads(mut self, threads: usize, readers: usize) -> RawFs {
-        let reserve = Reserve::new(threads, readers);
+    /// (FORGET and RELEASE requests freeing unlinked files) counts as blocked. A reader
+    /// polls for the next request for up to `poll` after answering one.
+    pub fn with_threads(mut self, threads: usize, readers: usize, poll: Duration) -> RawFs {
+        let reserve = Reserve::new(threads, readers, poll);
         let hook = reserve.clone();
         self.fs.on_wait(crate::fs::WaitHook(Box::new(move || {
             Box::new(hook.blocking())
         })));
         self.reserve = reserve;
         self
+    }
+
+    /// The session threads' reserve, which learns the session's device once it is open.
+    pub fn reserve(&self) -> Arc<Reserve> {
+        self.reserve.clone()
     }
 
     /// One request through the pipeline (see [`RawFs::call_with`]), for operations that no

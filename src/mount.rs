@@ -23,6 +23,9 @@ use crate::fuse::power::Power;
 use crate::fuse::{CacheMode, RawFs};
 use crate::trace::recorder::{Recorder, Store, TraceConfig};
 
+/// How long a reader polls for the next request by default ([`MountConfig::poll`]).
+pub const DEFAULT_POLL: Duration = Duration::from_micros(50);
+
 /// What a mount looks like; the same from the CLI and from the library.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
@@ -36,6 +39,10 @@ pub struct MountConfig {
     /// or held; the others wait in reserve for such requests (default 1: on a small machine,
     /// one thread answers a caller fastest; more serve several callers on more CPUs at once).
     pub readers: usize,
+    /// How long a reader polls for the next request after answering one before it blocks
+    /// (default 50 µs; zero: it blocks at once). Waking a thread on an idle CPU costs more
+    /// than a request on a virtual machine; polling costs CPU time only while requests come.
+    pub poll: Duration,
     /// What the trace keeps and where it writes.
     pub trace: TraceConfig,
     /// Fault rules in force from the start.
@@ -54,6 +61,7 @@ impl Default for MountConfig {
             size: None,
             threads: 4,
             readers: 1,
+            poll: DEFAULT_POLL,
             trace: TraceConfig::default(),
             faults: Vec::new(),
             model: Model::default(),
@@ -238,7 +246,8 @@ impl Mounted {
             unrecorded.clone(),
             power.clone(),
         )
-        .with_threads(config.threads.max(1), config.readers);
+        .with_threads(config.threads.max(1), config.readers, config.poll);
+        let reserve = adapter.reserve();
         let mut session = Session::new(adapter, mountpoint, &fuse_config).map_err(|e| {
             let shown = mountpoint.display();
             match e.raw_os_error() {
@@ -249,6 +258,9 @@ impl Mounted {
                 _ => MountError(format!("cannot mount on {shown}: {e}")),
             }
         })?;
+        reserve.set_device(std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(
+            &session,
+        )));
         let unmounter = session.unmount_callable();
         power.set_notifier(session.notifier());
         let thread = std::thread::Builder::new()

@@ -19,9 +19,20 @@
 //! that never served a request cannot tell when it ends, so a parked thread also goes back to
 //! reading after [`PARK_LIMIT`] (it parks again after its next request): a session whose
 //! last reader never served a request still ends within that time.
+//!
+//! Polling: after answering, a reader polls the kernel's queue for up to `poll` (yielding the
+//! CPU to any other runnable thread between polls) before it goes back to a blocking read.
+//! Why: on a virtual machine an idle CPU halts, and waking a halted CPU costs tens of
+//! microseconds, more than serving the request. A program making one system call after
+//! another sends its next request within a few microseconds of the answer; a reader that
+//! is still polling takes it without being woken. Measured on 2 virtual CPUs (mdbench,
+//! interleaved rounds of 1000 files, recording on): creates, stats and unlinks per second
+//! 1.5-2x those of a reader that blocks at once. The cost is CPU: at most `poll` per request
+//! that no other follows at once, and none while the mount is idle.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -38,6 +49,11 @@ pub struct Reserve {
     surplus: AtomicBool,
     /// The longest a thread stays parked without being called back.
     park_limit: Duration,
+    /// How long a reader polls for the next request after answering one; zero: not at all.
+    poll: Duration,
+    /// The session's /dev/fuse descriptor, -1 until [`Reserve::set_device`]. Only polled by
+    /// session threads while they serve a request, when the session holds it open.
+    device: AtomicI32,
 }
 
 #[derive(Debug)]
@@ -94,12 +110,18 @@ thread_local! {
 
 impl Reserve {
     /// The reserve of a session of `threads` threads, all of them reading at first, of
-    /// which `readers` go on reading while no request is blocked.
-    pub fn new(threads: usize, readers: usize) -> Arc<Reserve> {
-        Self::with_limit(threads, readers, PARK_LIMIT)
+    /// which `readers` go on reading while no request is blocked, polling for the next
+    /// request for up to `poll` after answering one (see the module's documentation).
+    pub fn new(threads: usize, readers: usize, poll: Duration) -> Arc<Reserve> {
+        Self::with_limit(threads, readers, poll, PARK_LIMIT)
     }
 
-    fn with_limit(threads: usize, readers: usize, park_limit: Duration) -> Arc<Reserve> {
+    fn with_limit(
+        threads: usize,
+        readers: usize,
+        poll: Duration,
+        park_limit: Duration,
+    ) -> Arc<Reserve> {
         let threads = threads.max(1);
         let readers = readers.clamp(1, threads);
         Arc::new(Reserve {
@@ -114,7 +136,42 @@ impl Reserve {
             wake: Condvar::new(),
             surplus: AtomicBool::new(threads > readers),
             park_limit,
+            poll,
+            device: AtomicI32::new(-1),
         })
+    }
+
+    /// The session's /dev/fuse descriptor, which readers poll: it must stay open while the
+    /// session's threads serve requests (the session holds it).
+    pub fn set_device(&self, fd: RawFd) {
+        self.device.store(fd, Ordering::Relaxed);
+    }
+
+    /// Polls the kernel's queue until a request waits there, the connection ends, or `poll`
+    /// has passed. Yields between polls, so that on a busy CPU any other runnable thread goes
+    /// first.
+    fn poll_for_next(&self) {
+        let fd = self.device.load(Ordering::Relaxed);
+        if self.poll.is_zero() || fd < 0 {
+            return;
+        }
+        let start = Instant::now();
+        loop {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; a zero timeout never blocks.
+            let n = unsafe { libc::poll(&mut p, 1, 0) };
+            // A request, the connection's end (POLLERR) or a failed poll: stop polling, the
+            // blocking read that follows learns which.
+            if n != 0 || start.elapsed() >= self.poll {
+                return;
+            }
+            // SAFETY: no arguments; it cannot fail on Linux.
+            unsafe { libc::sched_yield() };
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -137,7 +194,8 @@ impl Reserve {
     }
 
     /// After a request has been answered and recorded: parks the calling session thread
-    /// while more threads run than the blocked requests need, until called back.
+    /// while more threads run than the blocked requests need, until called back; a thread
+    /// that goes on reading polls for the next request first.
     pub fn after_request(self: &Arc<Self>) {
         // Every thread that serves a request tells the parked ones when it ends; only such a
         // thread may park, and only for its own session.
@@ -152,10 +210,13 @@ impl Reserve {
             }
         });
         if !mine || !self.surplus.load(Ordering::Relaxed) {
+            self.poll_for_next();
             return;
         }
         let mut s = self.lock();
         if !s.surplus() {
+            drop(s);
+            self.poll_for_next();
             return;
         }
         s.running -= 1;
@@ -197,7 +258,7 @@ mod tests {
 
     #[test]
     fn all_but_one_park_a_block_calls_one_back_and_the_end_of_a_thread_frees_them_all() {
-        let r = Reserve::with_limit(3, 1, Duration::from_secs(600));
+        let r = Reserve::with_limit(3, 1, Duration::ZERO, Duration::from_secs(600));
         let stop = Arc::new(AtomicBool::new(false));
         let parked = |r: &Reserve| r.lock().parked;
         // Session threads serving requests one after another until told to stop.
@@ -234,7 +295,7 @@ mod tests {
 
     #[test]
     fn a_parked_thread_goes_back_to_reading_after_the_limit() {
-        let r = Reserve::with_limit(2, 1, Duration::from_millis(50));
+        let r = Reserve::with_limit(2, 1, Duration::ZERO, Duration::from_millis(50));
         let parked = {
             let r = r.clone();
             std::thread::spawn(move || {
@@ -253,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_single_thread_never_parks() {
-        let r = Reserve::new(1, 1);
+        let r = Reserve::new(1, 1, Duration::ZERO);
         r.after_request();
         let b = r.blocking();
         drop(b);
@@ -263,7 +324,7 @@ mod tests {
 
     #[test]
     fn as_many_readers_as_threads_never_park() {
-        let r = Reserve::new(4, 4);
+        let r = Reserve::new(4, 4, Duration::ZERO);
         assert!(!r.surplus.load(Ordering::Relaxed));
         r.after_request();
         assert_eq!(r.lock().parked, 0);

@@ -435,6 +435,60 @@ fn daemon_passes_size_cache_and_threads_on() {
     assert!(!is_mounted(&s.mp));
 }
 
+/// Nanoseconds on CPU of all of process `pid`'s threads (schedstat: exact, not in ticks).
+fn cpu_ns(pid: u32) -> u64 {
+    let mut total = 0;
+    for t in fs::read_dir(format!("/proc/{pid}/task")).expect("daemon's threads") {
+        let stat = fs::read_to_string(t.unwrap().path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split(' ')
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+#[test]
+fn a_reader_polls_for_the_next_request_for_poll_us_and_then_rests() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let s = Scene::new();
+    // A long window, so that both sides of it can be seen on a loaded machine.
+    let pid = s.daemon(&s.mp, &["--poll-us", "100000"]);
+    let args = cmdline(pid);
+    let poll = args.iter().position(|a| a == "--poll-us");
+    assert_eq!(
+        poll.map(|i| args[i + 1].as_str()),
+        Some("100000"),
+        "{args:?}"
+    );
+    fs::write(s.mp.join("f"), b"x").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // One request, then 100 ms in which the reader polls for another (yielding to anything
+    // else that wants the CPU, so the figure is only a lower bound).
+    let before = cpu_ns(pid);
+    fs::metadata(s.mp.join("f")).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let polling = cpu_ns(pid) - before;
+    // Then nothing: the window is over, the reader blocks.
+    std::thread::sleep(Duration::from_millis(100));
+    let before = cpu_ns(pid);
+    std::thread::sleep(Duration::from_millis(400));
+    let idle = cpu_ns(pid) - before;
+    assert!(
+        polling >= 10_000_000,
+        "the reader used {polling} ns of CPU in the 100 ms after a request"
+    );
+    assert!(
+        idle < 20_000_000,
+        "an idle mount used {idle} ns of CPU in 400 ms: the reader did not stop polling"
+    );
+    let out = s.run(&[os("umount"), s.mp.as_os_str()]);
+    assert_success(&out, "rawfs umount");
+}
+
 #[test]
 fn killed_daemon_leaves_a_stale_mount_that_umount_clears() {
     if !common::fuse_or_skip() {
@@ -627,6 +681,10 @@ fn bad_size_and_zero_threads_are_rejected_before_mounting() {
     ] {
         let out = s.run(&args);
         assert_fails_with(&out, 2, &["--threads"]);
+    }
+    for bad in ["100001", "fast", "1.5"] {
+        let out = s.run(&[os("mount"), os("--poll-us"), os(bad), mp]);
+        assert_fails_with(&out, 2, &["--poll-us", bad]);
     }
     assert!(!is_mounted(&s.mp));
 }
