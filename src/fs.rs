@@ -1477,6 +1477,21 @@ impl Fs {
     /// [`Fs::read`], also returning the file size at the time of the read (which tells a
     /// short read from end of file).
     pub fn read_at(&self, fh: u64, offset: u64, size: u32) -> Result<(Vec<u8>, u64), Errno> {
+        let mut out = Vec::new();
+        let file_size = self.read_into(fh, offset, size, &mut out)?;
+        Ok((out, file_size))
+    }
+
+    /// [`Fs::read_at`] appending the bytes to `buf` (left as it was on error), so that a caller
+    /// serving many reads can reuse one buffer instead of allocating and zeroing one per read.
+    /// Returns the file size at the time of the read.
+    pub fn read_into(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<u64, Errno> {
         let mut s = self.lock();
         let h = s.handle(fh)?;
         if h.flags & libc::O_ACCMODE == libc::O_WRONLY {
@@ -1490,7 +1505,7 @@ impl Fs {
                 Errno::EINVAL
             });
         };
-        let out = d.read(offset, size as usize);
+        d.read_into(offset, size as usize, buf);
         let file_size = d.size();
         if h.flags & libc::O_NOATIME == 0 {
             // relatime, the Linux default: only when atime is not already newer than both.
@@ -1498,7 +1513,7 @@ impl Fs {
                 n.atime = now();
             }
         }
-        Ok((out, file_size))
+        Ok(file_size)
     }
 
     /// write(2) through handle `fh`; O_APPEND handles write at end of file whatever the
@@ -1964,4 +1979,80 @@ fn check_xattr_name(name: &OsStr) -> Result<(), Errno> {
         return Err(Errno::EOPNOTSUPP);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `read_into` appends what the read returns to a buffer that already holds bytes: holes
+    /// as zeros, clipped at end of file, nothing past it; on error the buffer is untouched.
+    #[test]
+    fn read_into_appends_to_the_callers_buffer() {
+        let fs = Fs::new(FsOptions {
+            permissions: None,
+            ..FsOptions::default()
+        });
+        let c = Caller::default();
+        let (attr, fh) = fs
+            .create(&c, ROOT, OsStr::new("f"), 0o644, libc::O_RDWR)
+            .expect("create");
+        fs.write(&c, fh, 0, b"abc").expect("write");
+        fs.write(&c, fh, 2 * PAGE + 10, b"xyz").expect("write");
+        let size = 2 * PAGE + 13;
+        let old = SetAttr {
+            atime: Some(SetTime::At(SystemTime::UNIX_EPOCH)),
+            ..SetAttr::default()
+        };
+        fs.setattr(&c, attr.ino, &old).expect("setattr");
+
+        // From data through a whole hole page into data, ending at end of file.
+        let mut buf = b"keep".to_vec();
+        assert_eq!(fs.read_into(fh, 1, 3 * PAGE as u32, &mut buf), Ok(size));
+        let mut want = b"keepbc".to_vec();
+        want.resize(4 + (2 * PAGE + 10 - 1) as usize, 0);
+        want.extend_from_slice(b"xyz");
+        assert_eq!(buf, want);
+        assert!(fs.getattr(attr.ino).expect("getattr").atime > SystemTime::UNIX_EPOCH);
+
+        // The partial page at end of file, and reads at and past end of file.
+        buf.clear();
+        assert_eq!(fs.read_into(fh, 2 * PAGE, PAGE as u32, &mut buf), Ok(size));
+        assert_eq!(buf, b"\0\0\0\0\0\0\0\0\0\0xyz");
+        for offset in [size, size + 1, 10 * PAGE] {
+            let mut buf = b"keep".to_vec();
+            assert_eq!(fs.read_into(fh, offset, 100, &mut buf), Ok(size));
+            assert_eq!(buf, b"keep");
+        }
+        // A hole only: zeros, never the buffer's old contents.
+        let mut buf = vec![0xAA; PAGE as usize];
+        buf.truncate(1);
+        assert_eq!(fs.read_into(fh, PAGE + 5, 20, &mut buf), Ok(size));
+        assert_eq!(buf, [&[0xAA][..], &[0; 20]].concat());
+        assert_eq!(fs.read_at(fh, PAGE + 5, 20), Ok((vec![0; 20], size)));
+
+        // O_NOATIME leaves atime alone.
+        fs.setattr(&c, attr.ino, &old).expect("setattr");
+        let quiet = fs
+            .open(&c, attr.ino, libc::O_RDONLY | libc::O_NOATIME)
+            .expect("open");
+        assert_eq!(fs.read_into(quiet, 0, 3, &mut Vec::new()), Ok(size));
+        assert_eq!(
+            fs.getattr(attr.ino).expect("getattr").atime,
+            SystemTime::UNIX_EPOCH
+        );
+
+        // Errors leave the buffer as it was.
+        let wronly = fs.open(&c, attr.ino, libc::O_WRONLY).expect("open");
+        let dir = fs.opendir(&c, ROOT, 0).expect("opendir");
+        for (h, errno) in [
+            (wronly, Errno::EBADF),
+            (dir, Errno::EISDIR),
+            (9999, Errno::EBADF),
+        ] {
+            let mut buf = b"keep".to_vec();
+            assert_eq!(fs.read_into(h, 0, 10, &mut buf), Err(errno));
+            assert_eq!(buf, b"keep");
+        }
+    }
 }

@@ -72,6 +72,31 @@ pub struct RawFs {
     reserve: Arc<Reserve>,
 }
 
+/// Most capacity a session thread keeps in its read buffer between requests: the largest read
+/// Linux sends by default (256 pages, its `fuse_max_pages_limit`), so that every read reuses
+/// the buffer and a bigger one (under a raised limit) does not pin its memory for good.
+const READ_BUFFER_KEEP: usize = 1024 * 1024;
+
+thread_local! {
+    /// Each session thread's buffer for read replies, reused from one read to the next so that
+    /// a read neither allocates nor zero-fills before copying (see [`Fs::read_into`]).
+    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The calling thread's read buffer, empty (a fresh one if a read still has it).
+fn take_read_buffer() -> Vec<u8> {
+    let mut buf = READ_BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    buf.clear();
+    buf
+}
+
+/// Hands a read buffer back once its reply is sent.
+fn give_back_read_buffer(buf: Vec<u8>) {
+    if buf.capacity() <= READ_BUFFER_KEEP {
+        READ_BUFFER.with(|b| *b.borrow_mut() = buf);
+    }
+}
+
 fn ino(i: INodeNo) -> u64 {
     i.0
 }
@@ -903,7 +928,14 @@ impl Filesystem for RawFs {
                     Some(Action::Short(n)) => size.min(*n as u32),
                     _ => size,
                 };
-                let (mut data, file_size) = fs.read_at(fh.0, offset, size)?;
+                let mut data = take_read_buffer();
+                let file_size = match fs.read_into(fh.0, offset, size, &mut data) {
+                    Ok(file_size) => file_size,
+                    Err(e) => {
+                        give_back_read_buffer(data);
+                        return Err(e);
+                    }
+                };
                 if let Some(r) = rule {
                     r.corrupt(&mut data);
                 }
@@ -916,7 +948,10 @@ impl Filesystem for RawFs {
                 e.short = n < u64::from(size) && offset + n < *file_size;
             },
             |r| match r {
-                Ok((d, _)) => reply.data(&d),
+                Ok((d, _)) => {
+                    reply.data(&d);
+                    give_back_read_buffer(d);
+                }
                 Err(e) => reply.error(err(e)),
             },
         );
