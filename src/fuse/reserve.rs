@@ -38,10 +38,6 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// A yield that took this long ran another thread: the CPU is wanted, the poll ends.
-/// (A yield with nothing else to run takes about a microsecond.)
-const CONTENDED: Duration = Duration::from_micros(10);
-
 /// The longest a thread stays parked without being called back.
 pub const PARK_LIMIT: Duration = Duration::from_secs(1);
 
@@ -154,13 +150,14 @@ impl Reserve {
     }
 
     /// Polls the kernel's queue until a request waits there, the connection ends, `poll`
-    /// has passed, or another thread wants this CPU. Yields between polls: when the yield
-    /// hands the CPU to another thread, the CPU is busy and will not halt, so waking a
-    /// blocked reader is cheap, while a poller could wait a whole time slice for its turn.
-    fn poll_for_next(&self) {
+    /// has passed, or another thread wants this CPU. Yields between polls: when a yield
+    /// hands the CPU to another thread for a while, the CPU is busy and will not halt, so
+    /// waking a blocked reader is cheap, while a poller could wait a whole time slice for its
+    /// turn.
+    fn poll_for_next(&self) -> Polled {
         let fd = self.device.load(Ordering::Relaxed);
         if self.poll.is_zero() || fd < 0 {
-            return;
+            return Polled::Off;
         }
         let start = Instant::now();
         loop {
@@ -173,14 +170,19 @@ impl Reserve {
             let n = unsafe { libc::poll(&mut p, 1, 0) };
             // A request, the connection's end (POLLERR) or a failed poll: stop polling, the
             // blocking read that follows learns which.
-            if n != 0 || start.elapsed() >= self.poll {
-                return;
+            if n != 0 {
+                return Polled::Ready;
             }
-            let before = Instant::now();
+            if start.elapsed() >= self.poll {
+                return Polled::TimedOut;
+            }
+            let (switches, before) = (involuntary_switches(), Instant::now());
             // SAFETY: no arguments; it cannot fail on Linux.
             unsafe { libc::sched_yield() };
-            if before.elapsed() >= CONTENDED {
-                return;
+            // A kernel thread's few microseconds do not count, time the host takes from a
+            // virtual CPU is no switch.
+            if before.elapsed() >= CONTENDED && involuntary_switches() != switches {
+                return Polled::Contended;
             }
         }
     }
@@ -221,13 +223,13 @@ impl Reserve {
             }
         });
         if !mine || !self.surplus.load(Ordering::Relaxed) {
-            self.poll_for_next();
+            let _ = self.poll_for_next();
             return;
         }
         let mut s = self.lock();
         if !s.surplus() {
             drop(s);
-            self.poll_for_next();
+            let _ = self.poll_for_next();
             return;
         }
         s.running -= 1;
@@ -252,6 +254,31 @@ impl Reserve {
         s.running += 1;
         self.surplus.store(s.surplus(), Ordering::Relaxed);
     }
+}
+
+/// How [`Reserve::poll_for_next`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Polled {
+    /// Polling is off, or the device is not known yet.
+    Off,
+    /// A request waits (or the connection ended).
+    Ready,
+    /// Nothing came within the poll.
+    TimedOut,
+    /// Another thread wanted the CPU.
+    Contended,
+}
+
+/// A yield that gave the CPU to another thread for this long ends the poll.
+const CONTENDED: Duration = Duration::from_micros(20);
+
+/// The calling thread's involuntary context switches so far: a yield that ran another thread
+/// counts one (time the host takes from a virtual CPU does not).
+fn involuntary_switches() -> i64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    ru.ru_nivcsw
 }
 
 #[cfg(test)]
@@ -321,6 +348,53 @@ mod tests {
         let (waited, parked, running, over) = parked.join().unwrap();
         assert!(waited >= Duration::from_millis(50), "{waited:?}");
         assert_eq!((parked, running, over), (0, 2, false));
+    }
+
+    #[test]
+    fn a_poll_ends_when_the_device_becomes_readable_or_the_time_is_up() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let (rx, mut tx) = std::io::pipe().unwrap();
+        // Off until the device is known, and when the poll is zero.
+        let r = Reserve::new(1, 1, Duration::from_secs(5));
+        assert_eq!(r.poll_for_next(), Polled::Off);
+        assert_eq!(
+            Reserve::new(1, 1, Duration::ZERO).poll_for_next(),
+            Polled::Off
+        );
+        r.set_device(rx.as_raw_fd());
+        // Data written part way through a 5 s poll ends it: the poller saw it come. A busy
+        // machine may end a poll early (contended); then try again.
+        let outcome = (0..20)
+            .map(|_| {
+                let t = std::thread::spawn({
+                    let mut tx = tx.try_clone().unwrap();
+                    move || {
+                        std::thread::sleep(Duration::from_millis(5));
+                        tx.write_all(b"x").unwrap();
+                    }
+                });
+                let start = Instant::now();
+                let p = r.poll_for_next();
+                t.join().unwrap();
+                let mut b = [0u8; 1];
+                std::io::Read::read_exact(&mut &rx, &mut b).unwrap();
+                (p, start.elapsed())
+            })
+            .find(|(p, _)| *p != Polled::Contended);
+        let (p, took) = outcome.expect("20 polls in a row were contended");
+        assert_eq!(p, Polled::Ready);
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        // Nothing written: the poll ends when its time is up (or on contention, early).
+        let r = Reserve::new(1, 1, Duration::from_millis(20));
+        r.set_device(rx.as_raw_fd());
+        let start = Instant::now();
+        match r.poll_for_next() {
+            Polled::TimedOut => assert!(start.elapsed() >= Duration::from_millis(20)),
+            Polled::Contended => {}
+            other => panic!("{other:?} with nothing to read"),
+        }
+        tx.flush().unwrap();
     }
 
     #[test]
