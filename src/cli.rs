@@ -464,6 +464,10 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
+/// Sent by the daemon to itself when its session ends (an unmount from outside), so that
+/// [`wait_for_stop`] returns at once instead of at its next look.
+const SESSION_ENDED: libc::c_int = libc::SIGUSR1;
+
 /// Waits until a stop signal arrives or the session ends on its own (external unmount).
 fn wait_for_stop(set: &libc::sigset_t, mounted: &Mounted) {
     let timeout = libc::timespec {
@@ -473,6 +477,9 @@ fn wait_for_stop(set: &libc::sigset_t, mounted: &Mounted) {
     while mounted.is_alive() {
         // SAFETY: set is initialised, timeout is valid, siginfo may be null.
         let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
+        if sig == SESSION_ENDED {
+            return;
+        }
         if sig > 0 {
             log::info!("signal {sig}: unmounting");
             return;
@@ -481,7 +488,13 @@ fn wait_for_stop(set: &libc::sigset_t, mounted: &Mounted) {
 }
 
 fn serve(mountpoint: &Path, config: &MountConfig, notify_ready: bool) -> ExitCode {
-    let set = block_stop_signals();
+    let mut set = block_stop_signals();
+    // Blocked in every thread like the stop signals, before any starts.
+    // SAFETY: set is initialised.
+    unsafe {
+        libc::sigaddset(&mut set, SESSION_ENDED);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
     let mounted = match Mounted::mount(mountpoint, config) {
         Ok(m) => m,
         Err(e) if notify_ready => {
@@ -501,6 +514,11 @@ fn serve(mountpoint: &Path, config: &MountConfig, notify_ready: bool) -> ExitCod
         let _ = std::io::stdout().flush();
         detach_stdout();
     }
+    // SAFETY: kill has no memory-safety preconditions; the signal is blocked, so it only
+    // wakes wait_for_stop.
+    mounted.on_session_end(|| unsafe {
+        libc::kill(libc::getpid(), SESSION_ENDED);
+    });
     wait_for_stop(&set, &mounted);
     let result = mounted.unmount();
     if let Some(entry) = &entry {

@@ -180,6 +180,38 @@ pub struct Mounted {
     connection: Option<u32>,
     /// Gives freed file data back to the system; stopped at unmount.
     trimmer: Option<Trimmer>,
+    /// Whether the session has ended, and what to call when it does.
+    end: Arc<std::sync::Mutex<SessionEnd>>,
+}
+
+/// The end of a session, as the session thread reports it the moment `run` returns (before
+/// the thread is finished): see [`Mounted::on_session_end`].
+#[derive(Default)]
+struct SessionEnd {
+    ended: bool,
+    hook: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl fmt::Debug for SessionEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionEnd")
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionEnd {
+    /// Marks the session ended and calls the hook, outside the lock.
+    fn fire(end: &std::sync::Mutex<SessionEnd>) {
+        let hook = {
+            let mut e = end.lock().unwrap_or_else(|e| e.into_inner());
+            e.ended = true;
+            e.hook.take()
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
 }
 
 impl Mounted {
@@ -263,9 +295,15 @@ impl Mounted {
         )));
         let unmounter = session.unmount_callable();
         power.set_notifier(session.notifier());
+        let end = Arc::new(std::sync::Mutex::new(SessionEnd::default()));
+        let end_seen = end.clone();
         let thread = std::thread::Builder::new()
             .name("rawfs-session".into())
-            .spawn(move || session.run())
+            .spawn(move || {
+                let result = session.run();
+                SessionEnd::fire(&end_seen);
+                result
+            })
             .map_err(|e| MountError(format!("cannot start the session thread: {e}")))?;
         // From the mount table, not a stat of the mount point: that would be a request of
         // rawfs's own at the head of every trace.
@@ -303,7 +341,20 @@ impl Mounted {
             thread: Some(thread),
             connection,
             trimmer,
+            end,
         })
+    }
+
+    /// Calls `hook` once, as soon as the session ends (at once if it has): for a caller that
+    /// waits for other things as well, and so cannot wait for the session alone.
+    pub fn on_session_end(&self, hook: impl FnOnce() + Send + 'static) {
+        let mut e = self.end.lock().unwrap_or_else(|e| e.into_inner());
+        if e.ended {
+            drop(e);
+            hook();
+        } else {
+            e.hook = Some(Box::new(hook));
+        }
     }
 
     /// The mount point.

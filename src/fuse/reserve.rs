@@ -15,10 +15,13 @@
 //!
 //! A parked thread has answered its request; it is not inside the kernel, so it is called
 //! back explicitly: by a request about to block, or when a session thread ends (the session
-//! is over, and the parked ones must go back to the kernel to learn it and exit). A thread
-//! that never served a request cannot tell when it ends, so a parked thread also goes back to
-//! reading after [`PARK_LIMIT`] (it parks again after its next request): a session whose
-//! last reader never served a request still ends within that time.
+//! is over, and the parked ones must go back to the kernel to learn it and exit). Only a
+//! thread that has served a request can tell: so no thread parks before every session thread
+//! has served one, and the reader that learns first of the session's end (an unmount) always
+//! calls the parked ones back at once. This costs little: the first requests go round the
+//! threads anyway, as the kernel hands each to the reader that has waited longest. A parked
+//! thread also goes back to reading after [`PARK_LIMIT`] (it parks again after its next
+//! request), should a thread end without telling (it cannot, short of the process dying).
 //!
 //! Polling: after answering, a reader polls the kernel's queue for up to `poll` (yielding the
 //! CPU to any other runnable thread between polls) before it goes back to a blocking read.
@@ -46,8 +49,9 @@ pub const PARK_LIMIT: Duration = Duration::from_secs(1);
 pub struct Reserve {
     state: Mutex<State>,
     wake: Condvar,
-    /// Some thread may park: more threads run than requests are blocked, plus the readers.
-    /// Read without the lock after each request; set under it.
+    /// Some thread may park: every thread has served a request, and more threads run than
+    /// requests are blocked, plus the readers. Read without the lock after each request; set
+    /// under it.
     surplus: AtomicBool,
     /// The longest a thread stays parked without being called back.
     park_limit: Duration,
@@ -72,11 +76,15 @@ struct State {
     blocked: usize,
     /// A session thread has ended: the session is over, no thread parks any more.
     over: bool,
+    /// The session's threads.
+    threads: usize,
+    /// Threads that have served a request, and so tell the parked ones when they end.
+    served: usize,
 }
 
 impl State {
     fn surplus(&self) -> bool {
-        !self.over && self.running > self.blocked + self.readers
+        !self.over && self.served >= self.threads && self.running > self.blocked + self.readers
     }
 }
 
@@ -134,9 +142,11 @@ impl Reserve {
                 called: 0,
                 blocked: 0,
                 over: false,
+                threads,
+                served: 0,
             }),
             wake: Condvar::new(),
-            surplus: AtomicBool::new(threads > readers),
+            surplus: AtomicBool::new(false),
             park_limit,
             poll,
             device: AtomicI32::new(-1),
@@ -218,6 +228,9 @@ impl Reserve {
                 Some(ExitGuard(r)) => Arc::ptr_eq(r, self),
                 None => {
                     *g = Some(ExitGuard(self.clone()));
+                    let mut s = self.lock();
+                    s.served += 1;
+                    self.surplus.store(s.surplus(), Ordering::Relaxed);
                     true
                 }
             }
@@ -334,6 +347,8 @@ mod tests {
     #[test]
     fn a_parked_thread_goes_back_to_reading_after_the_limit() {
         let r = Reserve::with_limit(2, 1, Duration::ZERO, Duration::from_millis(50));
+        // This thread is the other session thread: it has served a request, and never ends.
+        r.after_request();
         let parked = {
             let r = r.clone();
             std::thread::spawn(move || {
@@ -395,6 +410,53 @@ mod tests {
             other => panic!("{other:?} with nothing to read"),
         }
         tx.flush().unwrap();
+    }
+
+    #[test]
+    fn no_thread_parks_before_every_thread_has_served_and_any_end_calls_them_back() {
+        let r = Reserve::with_limit(3, 1, Duration::ZERO, Duration::from_secs(600));
+        // A session thread: serves one request, says how long that took, then stays (reading
+        // in the kernel, as it were) until its sender is dropped, and ends.
+        let serve_once = |r: &Arc<Reserve>| {
+            let (r, (done_tx, done_rx), (end_tx, end_rx)) = (
+                r.clone(),
+                std::sync::mpsc::channel(),
+                std::sync::mpsc::channel::<()>(),
+            );
+            let t = std::thread::spawn(move || {
+                let start = Instant::now();
+                r.after_request();
+                done_tx.send(start.elapsed()).unwrap();
+                let _ = end_rx.recv();
+            });
+            (t, done_rx, end_tx)
+        };
+        // Two of the three threads serve: the third could learn of the session's end (in the
+        // kernel) and end without telling anyone, so neither parks.
+        let (a, a_done, a_end) = serve_once(&r);
+        a_done
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no thread parks before every thread has served");
+        let (b, b_done, b_end) = serve_once(&r);
+        b_done
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no thread parks before every thread has served");
+        let s = r.lock();
+        assert_eq!((s.parked, s.running, s.served), (0, 3, 2));
+        drop(s);
+        // Once the third has served too, it parks, being one more than the reader needed.
+        let (c, c_done, c_end) = serve_once(&r);
+        wait_until("the third thread parks", || r.lock().parked == 1);
+        // The session ends: the first thread to learn it calls the parked one back at once,
+        // long before the park limit.
+        drop(a_end);
+        a.join().unwrap();
+        let waited = c_done.recv().unwrap();
+        assert!(waited < Duration::from_secs(60), "{waited:?}");
+        assert!(r.lock().over);
+        drop((b_end, c_end));
+        b.join().unwrap();
+        c.join().unwrap();
     }
 
     #[test]

@@ -390,6 +390,62 @@ fn daemon_returns_once_mounted_and_umount_waits_for_it_to_exit() {
     );
 }
 
+/// The daemon exits as soon as its mount is gone, so `rawfs umount`, which waits for that
+/// exit, returns promptly, and the trace file the daemon was asked to write is complete when
+/// it does. The scene that used to take a second: the few requests before the unmount (one
+/// lookup, then `rawfs umount`'s own look at the mount point) served by session threads that
+/// then rest, while another, which never served a request, learns of the unmount.
+#[test]
+fn umount_returns_promptly_with_the_daemon_gone_and_its_trace_file_complete() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let s = Scene::new();
+    let trace = s.base.join("t.jsonl");
+    let mut took = Vec::new();
+    // A few rounds, judged by the fastest, so that a load spike on a shared machine does not
+    // fail the test while a daemon that lingers (each round) still does.
+    for round in 0..3 {
+        let pid = s.daemon(&s.mp, &["--trace", trace.to_str().unwrap()]);
+        let name = format!("round-{round}");
+        assert!(!s.mp.join(&name).exists());
+        let start = Instant::now();
+        let out = s.run(&[os("umount"), s.mp.as_os_str()]);
+        let returned = Instant::now();
+        assert_success(&out, "rawfs umount");
+        took.push(returned - start);
+        while alive(pid) {
+            assert!(
+                returned.elapsed() < Duration::from_millis(500),
+                "daemon {pid} still running 500 ms after rawfs umount returned"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!is_mounted(&s.mp));
+        // Complete: every line whole, events numbered from 1 without a gap, the write there.
+        let text = fs::read_to_string(&trace).unwrap();
+        assert!(text.ends_with('\n'), "trace file ends mid-line: {text:?}");
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .skip(1)
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{text}");
+        assert!(
+            events
+                .iter()
+                .any(|e| e["op"] == "lookup" && e["path"] == format!("/{name}").as_str()),
+            "no lookup of /{name} in the trace file: {text}"
+        );
+    }
+    let fastest = took.iter().min().unwrap();
+    assert!(
+        *fastest < Duration::from_millis(500),
+        "rawfs umount took {took:?}: the daemon lingers after its mount is gone"
+    );
+}
+
 #[test]
 fn daemon_passes_size_cache_and_threads_on() {
     if !common::fuse_or_skip() {
