@@ -159,42 +159,13 @@ impl Reserve {
         self.device.store(fd, Ordering::Relaxed);
     }
 
-    /// Polls the kernel's queue until a request waits there, the connection ends, `poll`
-    /// has passed, or another thread wants this CPU. Yields between polls: when a yield
-    /// hands the CPU to another thread for a while, the CPU is busy and will not halt, so
-    /// waking a blocked reader is cheap, while a poller could wait a whole time slice for its
-    /// turn.
+    /// Polls the kernel's queue for the next request (see [`poll_device`]).
     fn poll_for_next(&self) -> Polled {
         let fd = self.device.load(Ordering::Relaxed);
         if self.poll.is_zero() || fd < 0 {
             return Polled::Off;
         }
-        let start = Instant::now();
-        loop {
-            let mut p = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd; a zero timeout never blocks.
-            let n = unsafe { libc::poll(&mut p, 1, 0) };
-            // A request, the connection's end (POLLERR) or a failed poll: stop polling, the
-            // blocking read that follows learns which.
-            if n != 0 {
-                return Polled::Ready;
-            }
-            if start.elapsed() >= self.poll {
-                return Polled::TimedOut;
-            }
-            let (switches, before) = (involuntary_switches(), Instant::now());
-            // SAFETY: no arguments; it cannot fail on Linux.
-            unsafe { libc::sched_yield() };
-            // A kernel thread's few microseconds do not count, time the host takes from a
-            // virtual CPU is no switch.
-            if before.elapsed() >= CONTENDED && involuntary_switches() != switches {
-                return Polled::Contended;
-            }
-        }
+        poll_device(fd, self.poll, true)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -269,7 +240,7 @@ impl Reserve {
     }
 }
 
-/// How [`Reserve::poll_for_next`] ended.
+/// How a poll for the next request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Polled {
     /// Polling is off, or the device is not known yet.
@@ -284,6 +255,43 @@ enum Polled {
 
 /// A yield that gave the CPU to another thread for this long ends the poll.
 const CONTENDED: Duration = Duration::from_micros(20);
+
+/// Polls `fd` until it is readable (or in error), `window` has passed, or, with `yielding`,
+/// another thread wants this CPU. Yields between polls: when a yield hands the CPU to another
+/// thread for a while, the CPU is busy and will not halt, so waking a blocked reader is cheap,
+/// while a poller could wait a whole time slice for its turn.
+fn poll_device(fd: RawFd, window: Duration, yielding: bool) -> Polled {
+    let start = Instant::now();
+    loop {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a zero timeout never blocks.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        // A request, the connection's end (POLLERR) or a failed poll: stop polling, the
+        // blocking read that follows learns which.
+        if n != 0 {
+            return Polled::Ready;
+        }
+        if start.elapsed() >= window {
+            return Polled::TimedOut;
+        }
+        if !yielding {
+            std::hint::spin_loop();
+            continue;
+        }
+        let (switches, before) = (involuntary_switches(), Instant::now());
+        // SAFETY: no arguments; it cannot fail on Linux.
+        unsafe { libc::sched_yield() };
+        // A kernel thread's few microseconds do not count, time the host takes from a virtual
+        // CPU is no switch.
+        if before.elapsed() >= CONTENDED && involuntary_switches() != switches {
+            return Polled::Contended;
+        }
+    }
+}
 
 /// The calling thread's involuntary context switches so far: a yield that ran another thread
 /// counts one (time the host takes from a virtual CPU does not).
@@ -369,47 +377,76 @@ mod tests {
     fn a_poll_ends_when_the_device_becomes_readable_or_the_time_is_up() {
         use std::io::Write;
         use std::os::fd::AsRawFd;
-        let (rx, mut tx) = std::io::pipe().unwrap();
+        let (rx, tx) = std::io::pipe().unwrap();
         // Off until the device is known, and when the poll is zero.
         let r = Reserve::new(1, 1, Duration::from_secs(5));
         assert_eq!(r.poll_for_next(), Polled::Off);
-        assert_eq!(
-            Reserve::new(1, 1, Duration::ZERO).poll_for_next(),
-            Polled::Off
-        );
-        r.set_device(rx.as_raw_fd());
-        // Data written part way through a 5 s poll ends it: the poller saw it come. A busy
-        // machine may end a poll early (contended); then try again.
-        let outcome = (0..20)
-            .map(|_| {
-                let t = std::thread::spawn({
-                    let mut tx = tx.try_clone().unwrap();
-                    move || {
-                        std::thread::sleep(Duration::from_millis(5));
-                        tx.write_all(b"x").unwrap();
-                    }
-                });
-                let start = Instant::now();
-                let p = r.poll_for_next();
-                t.join().unwrap();
-                let mut b = [0u8; 1];
-                std::io::Read::read_exact(&mut &rx, &mut b).unwrap();
-                (p, start.elapsed())
-            })
-            .find(|(p, _)| *p != Polled::Contended);
-        let (p, took) = outcome.expect("20 polls in a row were contended");
-        assert_eq!(p, Polled::Ready);
-        assert!(took < Duration::from_secs(5), "{took:?}");
-        // Nothing written: the poll ends when its time is up (or on contention, early).
-        let r = Reserve::new(1, 1, Duration::from_millis(20));
-        r.set_device(rx.as_raw_fd());
+        let off = Reserve::new(1, 1, Duration::ZERO);
+        off.set_device(rx.as_raw_fd());
+        assert_eq!(off.poll_for_next(), Polled::Off);
+        // Data written part way through a 5 s poll ends it: the poller saw it come.
+        let writer = std::thread::spawn({
+            let mut tx = tx.try_clone().unwrap();
+            move || {
+                std::thread::sleep(Duration::from_millis(5));
+                tx.write_all(b"x").unwrap();
+            }
+        });
         let start = Instant::now();
-        match r.poll_for_next() {
-            Polled::TimedOut => assert!(start.elapsed() >= Duration::from_millis(20)),
-            Polled::Contended => {}
-            other => panic!("{other:?} with nothing to read"),
+        let polled = poll_device(rx.as_raw_fd(), Duration::from_secs(5), false);
+        let took = start.elapsed();
+        writer.join().unwrap();
+        assert_eq!(polled, Polled::Ready);
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        let mut b = [0u8; 1];
+        std::io::Read::read_exact(&mut &rx, &mut b).unwrap();
+        // Nothing written: the poll ends when its time is up.
+        let start = Instant::now();
+        let polled = poll_device(rx.as_raw_fd(), Duration::from_millis(20), false);
+        assert_eq!(polled, Polled::TimedOut);
+        assert!(start.elapsed() >= Duration::from_millis(20));
+        drop(tx);
+    }
+
+    /// Pins the calling thread to CPU 0.
+    fn pin_to_cpu0() {
+        // SAFETY: a zeroed cpu_set_t with one CPU set, for the calling thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            assert_eq!(rc, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
         }
-        tx.flush().unwrap();
+    }
+
+    #[test]
+    fn a_poll_ends_when_another_thread_wants_the_cpu() {
+        let (rx, _tx) = std::io::pipe().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        // A busy thread and the poller on the same CPU: the poller's first yields run it.
+        let busy = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                pin_to_cpu0();
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let poller = std::thread::spawn({
+            use std::os::fd::AsRawFd;
+            let fd = rx.as_raw_fd();
+            move || {
+                pin_to_cpu0();
+                let start = Instant::now();
+                (poll_device(fd, Duration::from_secs(10), true), start.elapsed())
+            }
+        });
+        let (polled, took) = poller.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        busy.join().unwrap();
+        assert_eq!(polled, Polled::Contended, "after {took:?}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
     }
 
     #[test]
