@@ -1026,7 +1026,7 @@ CPU="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null |
 NCPU="$(nproc)"
 
 {
-    echo "rawfs benchmark ($MODE mode), $(date -u +%Y-%m-%dT%H:%M:%SZ), kernel $KERNEL, $NCPU x ${CPU:-cpu}"
+    echo "rawfs benchmark ($MODE size${RAWFS_ARGS:+, rawfs mount $RAWFS_ARGS}), $(date -u +%Y-%m-%dT%H:%M:%SZ), kernel $KERNEL, $NCPU x ${CPU:-cpu}"
     echo "  load average (1/5/15 min): $LOAD_START at start, $LOAD_END at end"
     echo "  metadata: $NFILES files in one directory; tmpfs/passthrough_ll: median of $MD_ROUNDS round(s) (target/bench/mdbench)"
     echo "  fio $FIO_VERSION, psync, 1 job, ${RUNTIME} s time based: 4k randread, then 4k randwrite, on ${RR_SIZE_MIB} MiB; 1M seq write/read on ${SEQ_SIZE_MIB} MiB; MB = 10^6 B"
