@@ -22,6 +22,7 @@ pub mod snapshot;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,6 +34,12 @@ use data::{FileData, PAGE, Space};
 use dir::Dir;
 use durable::{Choice, CrashOptions, DataChange, Durable, Losses, Model};
 use perm::{Asker, Cap, CredentialSource, MAY_EXEC, MAY_READ, MAY_WRITE, Owned};
+
+const SUID: u16 = libc::S_ISUID as u16;
+const SGID: u16 = libc::S_ISGID as u16;
+const SUID_SGID: u16 = SUID | SGID;
+/// The extended attribute that holds a file's capabilities: writes and chowns remove it.
+const CAPABILITY_XATTR: &str = "security.capability";
 
 /// Inode number of the root directory.
 pub const ROOT: u64 = 1;
@@ -136,7 +143,7 @@ pub enum SetTime {
 }
 
 /// The fields a setattr request changes; `None` leaves a field alone.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SetAttr {
     /// New mode (permission bits are taken from it).
     pub mode: Option<u32>,
@@ -283,6 +290,8 @@ pub struct Fs {
     freed: Condvar,
     /// Called when a write starts waiting for space ([`Fs::on_wait`]).
     wait_hook: OnceLock<WaitHook>,
+    /// See [`Fs::let_others_clear_ids`].
+    others_clear_ids: AtomicBool,
 }
 
 /// What a request does when it starts waiting for other requests to free space; what it
@@ -377,7 +386,12 @@ fn check_name(name: &OsStr) -> Result<(), Errno> {
 /// The permission rules of setattr, as Linux applies them before a file system sees the
 /// change (`setattr_prepare`, truncate(2), utimensat(2)): EACCES or EPERM, or a chmod's setgid
 /// bit dropped where the caller is not in the file's group.
-fn may_setattr(a: &Asker, n: &Node, set: &mut SetAttr) -> Result<(), Errno> {
+fn may_setattr(
+    a: &Asker,
+    n: &Node,
+    set: &mut SetAttr,
+    others_clear_ids: bool,
+) -> Result<(), Errno> {
     let o = n.owned();
     if set.size.is_some() && !set.by_handle {
         a.may(&o, MAY_WRITE)?;
@@ -393,12 +407,12 @@ fn may_setattr(a: &Asker, n: &Node, set: &mut SetAttr) -> Result<(), Errno> {
         return Err(Errno::EPERM);
     }
     if let Some(mode) = set.mode {
-        const SUID_SGID: u32 = libc::S_ISUID | libc::S_ISGID;
         let (new, old) = (mode & 0o7777, u32::from(n.perm));
-        // The kernel itself clears setuid and setgid when someone who may write a file but
-        // does not own it writes, truncates or chowns it: that arrives as a chmod from the
-        // writer, which must pass.
-        let only_clears_ids = new != old && new & !old == 0 && (new ^ old) & !SUID_SGID == 0;
+        // See Fs::let_others_clear_ids.
+        let only_clears_ids = others_clear_ids
+            && new != old
+            && new & !old == 0
+            && (new ^ old) & !u32::from(SUID_SGID) == 0;
         if !a.owns(&o) {
             if !only_clears_ids {
                 return Err(Errno::EPERM);
@@ -532,14 +546,49 @@ impl Node {
         self.ctime = t;
     }
 
-    /// A write by an unprivileged caller drops setuid, and setgid where it means "setgid"
-    /// (group-executable), as Linux does on every file system.
-    fn kill_suid(&mut self, caller: &Caller) {
-        if caller.uid != 0 {
-            self.perm &= !(libc::S_ISUID as u16);
-            if self.perm & 0o010 != 0 {
-                self.perm &= !(libc::S_ISGID as u16);
-            }
+    /// What a write or truncate by `who` takes from a regular file, as Linux's
+    /// `file_remove_privs` does on every file system: a file capability whoever writes, and
+    /// unless `who` holds CAP_FSETID, setuid and the setgid bits [`Node::setgid_goes`] names.
+    fn drop_privileges_on_write(&mut self, who: &Asker) {
+        if self.kind != Kind::File {
+            return;
+        }
+        self.drop_capability();
+        if self.perm & SUID_SGID != 0 && !who.capable(Cap::Fsetid) {
+            self.perm &= !(if self.setgid_goes(who) {
+                SUID_SGID
+            } else {
+                SUID
+            });
+        }
+    }
+
+    /// What chown(2) by `who` takes from anything but a directory, whatever the new owner
+    /// and group (chown(f, -1, -1) included): setuid, the setgid bits [`Node::setgid_goes`]
+    /// names, and a file capability.
+    fn drop_privileges_on_chown(&mut self, who: &Asker) {
+        if self.kind == Kind::Dir {
+            return;
+        }
+        self.drop_capability();
+        self.perm &= !(if self.setgid_goes(who) {
+            SUID_SGID
+        } else {
+            SUID
+        });
+    }
+
+    /// True if the node's setgid bit goes when `who` changes it (`setattr_should_drop_sgid`):
+    /// where it means "setgid" (group-executable), or where `who` is neither in the node's
+    /// group nor holds CAP_FSETID (without group execute it marks mandatory locking).
+    fn setgid_goes(&self, who: &Asker) -> bool {
+        self.perm & SGID != 0
+            && (self.perm & 0o010 != 0 || !(who.in_group(self.gid) || who.capable(Cap::Fsetid)))
+    }
+
+    fn drop_capability(&mut self) {
+        if !self.xattrs.is_empty() {
+            self.xattrs.remove(OsStr::new(CAPABILITY_XATTR));
         }
     }
 }
@@ -793,7 +842,7 @@ impl State {
 
     /// O_TRUNC at open time (with atomic_o_trunc the kernel leaves it to us). Linux truncates
     /// whatever the access mode, O_RDONLY included (the kernel has checked write permission).
-    fn truncate_on_open(&mut self, ino: u64, flags: i32) -> Result<(), Errno> {
+    fn truncate_on_open(&mut self, writer: &Asker, ino: u64, flags: i32) -> Result<(), Errno> {
         if flags & libc::O_TRUNC == 0 {
             return Ok(());
         }
@@ -808,6 +857,7 @@ impl State {
         if let Body::File(d) = &mut n.body {
             d.truncate(0, space);
             n.touch_modified(now());
+            n.drop_privileges_on_write(writer);
             durable.data_changed(ino, || DataChange::Size(0));
         }
         Ok(())
@@ -1052,6 +1102,7 @@ impl Fs {
             freed: Condvar::new(),
             permissions: opts.permissions,
             wait_hook: OnceLock::new(),
+            others_clear_ids: AtomicBool::new(false),
         }
     }
 
@@ -1063,8 +1114,23 @@ impl Fs {
     }
 
     /// The caller of a request, for permission checks; `None` when the tree makes none.
+    /// Lets a chmod that only clears setuid and setgid through from someone who does not own
+    /// the file, for a kernel that takes them away itself after another user's write,
+    /// truncate or chown: that arrives as a chmod from that user. (A FUSE kernel does so
+    /// unless the file system takes it on, `FUSE_HANDLE_KILLPRIV_V2`.) tmpfs refuses such a
+    /// chmod with EPERM, as the tree does by default.
+    pub fn let_others_clear_ids(&self, yes: bool) {
+        self.others_clear_ids.store(yes, Ordering::Relaxed);
+    }
+
     fn asker<'a>(&self, caller: &'a Caller) -> Option<Asker<'a>> {
         self.permissions.map(|source| Asker::new(caller, source))
+    }
+
+    /// `caller` as what a write, truncate or chown takes away sees it (its capabilities and
+    /// groups), whether or not the tree checks permissions.
+    fn writer<'a>(&self, caller: &'a Caller) -> Asker<'a> {
+        Asker::new(caller, self.permissions.unwrap_or(perm::ids_only))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -1113,11 +1179,12 @@ impl Fs {
 
     /// chmod, chown, truncate, utimensat: applies every field given, in one step.
     pub fn setattr(&self, caller: &Caller, ino: u64, set: &SetAttr) -> Result<Attr, Errno> {
-        let who = self.asker(caller);
+        let writer = self.writer(caller);
         let mut guard = self.lock();
         let mut set = *set;
-        if let Some(a) = &who {
-            may_setattr(a, guard.node(ino)?, &mut set)?;
+        if self.permissions.is_some() {
+            let others_clear_ids = self.others_clear_ids.load(Ordering::Relaxed);
+            may_setattr(&writer, guard.node(ino)?, &mut set, others_clear_ids)?;
         }
         let set = &set;
         guard.meta_changing(ino);
@@ -1131,6 +1198,16 @@ impl Fs {
             ..
         } = &mut *guard;
         let n = nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        // The privileges a chown or truncate takes away, judged on the node as it was. The
+        // kernel leaves that to us (FUSE_HANDLE_KILLPRIV_V2) and sends chown(f, -1, -1) as a
+        // setattr with no field at all.
+        let nothing = *set == SetAttr::default();
+        if set.uid.is_some() || set.gid.is_some() || nothing {
+            n.drop_privileges_on_chown(&writer);
+        }
+        if set.size.is_some() {
+            n.drop_privileges_on_write(&writer);
+        }
         let t = now();
         // Times as tmpfs sets them: a new size sets mtime and ctime; truncate(2) to the same
         // size does only if the file has pages to drop (ftruncate(2) always does: the adapter
@@ -1414,14 +1491,15 @@ impl Fs {
 
     /// open(2) of an existing node; O_TRUNC truncates here. Returns a file handle.
     pub fn open(&self, caller: &Caller, ino: u64, flags: i32) -> Result<u64, Errno> {
-        let who = self.asker(caller);
+        let writer = self.writer(caller);
+        let who = self.permissions.and(Some(&writer));
         let mut s = self.lock();
         let n = s.node(ino)?;
         if n.kind == Kind::Dir && flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(Errno::EISDIR);
         }
-        s.may_open(who.as_ref(), ino, flags)?;
-        s.truncate_on_open(ino, flags)?;
+        s.may_open(who, ino, flags)?;
+        s.truncate_on_open(&writer, ino, flags)?;
         s.open_handle(ino, flags)
     }
 
@@ -1435,7 +1513,8 @@ impl Fs {
         mode: u32,
         flags: i32,
     ) -> Result<(Attr, u64), Errno> {
-        let who = self.asker(caller);
+        let writer = self.writer(caller);
+        let who = self.permissions.and(Some(&writer));
         let mut s = self.lock();
         check_name(name)?;
         if let Some(ino) = s.live_dir(parent)?.get(name) {
@@ -1445,8 +1524,8 @@ impl Fs {
             if s.node(ino)?.kind == Kind::Dir {
                 return Err(Errno::EISDIR);
             }
-            s.may_open(who.as_ref(), ino, flags)?;
-            s.truncate_on_open(ino, flags)?;
+            s.may_open(who, ino, flags)?;
+            s.truncate_on_open(&writer, ino, flags)?;
             let fh = s.open_handle(ino, flags)?;
             let n = s.node_mut(ino)?;
             n.lookups += 1;
@@ -1455,7 +1534,7 @@ impl Fs {
         let body = Body::File(FileData::default());
         let attr = s.add_node(
             caller,
-            who.as_ref(),
+            who,
             parent,
             name,
             NewNode {
@@ -1532,6 +1611,7 @@ impl Fs {
         data: &[u8],
         sync: bool,
     ) -> Result<u32, Errno> {
+        let writer = self.writer(caller);
         let mut guard = self.lock();
         let h = guard.handle(fh)?;
         if h.flags & libc::O_ACCMODE == libc::O_RDONLY {
@@ -1567,7 +1647,7 @@ impl Fs {
                     durable.data_changed(h.ino, || DataChange::Write(d.extent(at, done as u64)));
                 }
                 n.touch_modified(now());
-                n.kill_suid(caller);
+                n.drop_privileges_on_write(&writer);
             }
             written += done;
             // The kernel frees an unlinked file (FORGET, RELEASE) asynchronously: a write
@@ -1871,10 +1951,18 @@ impl Fs {
     }
 
     /// fallocate(2) through handle `fh`.
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, op: Allocate) -> Result<(), Errno> {
+    pub fn fallocate(
+        &self,
+        caller: &Caller,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        op: Allocate,
+    ) -> Result<(), Errno> {
         if len == 0 {
             return Err(Errno::EINVAL);
         }
+        let writer = self.writer(caller);
         let mut guard = self.lock();
         let h = guard.handle(fh)?;
         guard.contents_changing(h.ino);
@@ -1908,6 +1996,7 @@ impl Fs {
             durable.data_changed(h.ino, || DataChange::Size(new_size));
         }
         n.touch_modified(now());
+        n.drop_privileges_on_write(&writer);
         Ok(())
     }
 

@@ -600,10 +600,17 @@ impl Filesystem for RawFs {
             (InitFlags::FUSE_ATOMIC_O_TRUNC, "atomic_o_trunc"),
             (InitFlags::FUSE_PARALLEL_DIROPS, "parallel_dirops"),
             (InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP, "direct_io_allow_mmap"),
+            // The tree takes setuid, setgid and file capabilities away on write, truncate and
+            // chown itself; the kernel then skips its getxattr("security.capability") before
+            // writes through the page cache, and its extra getattr and chmod around a chown.
+            (InitFlags::FUSE_HANDLE_KILLPRIV_V2, "handle_killpriv_v2"),
         ];
         for (flag, name) in wanted {
             if config.add_capabilities(flag).is_err() {
                 warn!("kernel does not offer {name}");
+                if flag == InitFlags::FUSE_HANDLE_KILLPRIV_V2 {
+                    self.fs.let_others_clear_ids(true);
+                }
             }
         }
         Ok(())
@@ -1286,6 +1293,7 @@ impl Filesystem for RawFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let c = caller(req);
         self.call(
             req,
             Op::Fallocate,
@@ -1304,7 +1312,7 @@ impl Filesystem for RawFs {
                     PUNCH => Allocate::PunchHole,
                     _ => return Err(Errno::EOPNOTSUPP),
                 };
-                fs.fallocate(fh.0, offset, length, op)
+                fs.fallocate(&c, fh.0, offset, length, op)
             },
             nothing,
             |r| Self::empty(r, reply),

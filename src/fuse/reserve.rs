@@ -415,7 +415,12 @@ mod tests {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(0, &mut set);
             let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-            assert_eq!(rc, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+            assert_eq!(
+                rc,
+                0,
+                "sched_setaffinity: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 
@@ -439,7 +444,10 @@ mod tests {
             move || {
                 pin_to_cpu0();
                 let start = Instant::now();
-                (poll_device(fd, Duration::from_secs(10), true), start.elapsed())
+                (
+                    poll_device(fd, Duration::from_secs(10), true),
+                    start.elapsed(),
+                )
             }
         });
         let (polled, took) = poller.join().unwrap();

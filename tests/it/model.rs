@@ -1339,7 +1339,7 @@ impl FsDriver {
                 };
                 self.with_open(ino, libc::O_WRONLY, |fh| {
                     self.fs
-                        .fallocate(fh, offset, len, mode)
+                        .fallocate(&ROOT_CALLER, fh, offset, len, mode)
                         .map(|()| Value::Done)
                 })
             }

@@ -19,7 +19,7 @@ use crate::differential::Tmpfs;
 /// The steps, run in the directory given as argv[1] (as root). Users 1000 and 2000 have
 /// groups 1000 and 2000; group 3000 is a supplementary group some steps hold.
 const STEPS: &str = r##"
-import ctypes, errno, os, subprocess, sys
+import ctypes, errno, os, struct, subprocess, sys
 
 os.chdir(sys.argv[1])
 os.umask(0)
@@ -223,6 +223,70 @@ def regroup():
     out.append(outcome(lambda: read("g/f")))
     return " / ".join(out)
 step("groups changed between reads", regroup)
+
+# What writes, truncates and chowns take away: setuid unless the caller holds CAP_FSETID,
+# setgid where it means "setgid" (group-executable) or the caller is outside the file's
+# group, a file capability (security.capability) whoever the caller. Each step has a file
+# of its own in p/, owned by A; the line after it is the mode left, and "cap" if the
+# capability is still there.
+mkd("p", 0o777)
+CAP = struct.pack("<5I", 0x02000000, 0, 0, 0, 0)  # VFS_CAP_REVISION_2, no capabilities
+def left(path):
+    try:
+        os.getxattr(path, "security.capability")
+        return stat_mode(path) + " cap"
+    except OSError:
+        return stat_mode(path)
+def write_to(path):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+def ftruncate(path):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, 1)
+    finally:
+        os.close(fd)
+def fallocate(path):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.posix_fallocate(fd, 0, 8192)
+    finally:
+        os.close(fd)
+def kills(name, mode, fn, uid=None, groups=(), caps_drop=(), cap=False):
+    path = "p/" + name.replace(" ", "-").replace("'", "")
+    mk(path, mode, A, A)
+    if cap:
+        os.setxattr(path, "security.capability", CAP)
+    step(name, lambda: fn(path), uid, groups, caps_drop)
+    print(f"  left: {left(path)}")
+kills("B writes 06777", 0o6777, write_to, B)
+kills("B writes 02666 outside the group", 0o2666, write_to, B)
+kills("B writes 02666 in the group", 0o2666, write_to, B, [A])
+kills("root writes 06777", 0o6777, write_to)
+kills("root without FSETID writes 06777", 0o6777, write_to, caps_drop=[4])
+kills("B truncates 06777", 0o6777, lambda p: os.truncate(p, 1), B)
+kills("B ftruncates 06777", 0o6777, ftruncate, B)
+kills("B opens 06777 with O_TRUNC", 0o6777, lambda p: os.close(os.open(p, os.O_WRONLY | os.O_TRUNC)), B)
+kills("B fallocates 06777", 0o6777, fallocate, B)
+kills("B chmods 04777 to clear setuid only", 0o4777, lambda p: os.chmod(p, 0o777), B)
+kills("root truncates 06777", 0o6777, lambda p: os.truncate(p, 1))
+kills("A chowns its 06755 to itself", 0o6755, lambda p: os.chown(p, A, A), A)
+kills("A chgrps its 02755 to G", 0o2755, lambda p: os.chown(p, -1, G), A, [G])
+kills("A chgrps its 02745 to G", 0o2745, lambda p: os.chown(p, -1, G), A, [G])
+kills("root chowns 06755 to B", 0o6755, lambda p: os.chown(p, B, B))
+kills("root chowns 06755 with -1 -1", 0o6755, lambda p: os.chown(p, -1, -1))
+kills("root chmods 0755 with a capability", 0o755, lambda p: os.chmod(p, 0o700), cap=True)
+kills("root writes a capability file", 0o755, write_to, cap=True)
+kills("B writes a capability file", 0o777, write_to, B, cap=True)
+kills("root truncates a capability file", 0o755, lambda p: os.truncate(p, 0), cap=True)
+kills("root opens a capability file with O_TRUNC", 0o755, lambda p: os.close(os.open(p, os.O_WRONLY | os.O_TRUNC)), cap=True)
+kills("root chowns a capability file", 0o755, lambda p: os.chown(p, B, -1), cap=True)
+mkd("p/sd", 0o6777, A, A)
+step("root chowns a 06777 dir to B", lambda: os.chown("p/sd", B, -1))
+print(f"  left: {left('p/sd')}")
 "##;
 
 /// Runs [`STEPS`] in `dir`; returns its output.
@@ -366,5 +430,43 @@ os.stat("e/f")
     assert!(
         stat_f.iter().any(|r| r.op == Op::Lookup),
         "the stat of e/f was not seen: {stat_f:?}"
+    );
+}
+
+/// With `--cache`, a write through the page cache reaches rawfs as the write alone: the kernel
+/// leaves taking setuid, setgid and file capabilities away to rawfs, so it does not first ask
+/// for the file's `security.capability` attribute, a request the program never made.
+#[test]
+fn a_cached_write_costs_the_write_alone_no_getxattr_of_security_capability() {
+    let Some(m) = mount_with(&MountConfig {
+        cache: CacheMode::Cached,
+        ..MountConfig::default()
+    }) else {
+        return;
+    };
+    const WRITES: usize = 100;
+    let program = format!(
+        r#"
+import os
+fd = os.open("f", os.O_CREAT | os.O_WRONLY, 0o644)
+for i in range({WRITES}):
+    os.pwrite(fd, b"x" * 4096, i * 4096)
+os.close(fd)
+"#
+    );
+    python(m.path(), &program, &[]);
+    let writes = m.events().op(Op::Write).path("/f").all().len();
+    assert_eq!(writes, WRITES, "one write request per pwrite");
+    // The kernel asks once before it knows the file has no capability; it may ask again
+    // after its cached attributes expire (one second), not before every write.
+    let asks = m.events().op(Op::Getxattr).all();
+    assert!(
+        asks.len() <= 3,
+        "{} getxattr requests for {WRITES} writes:\n{}",
+        asks.len(),
+        asks.iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
