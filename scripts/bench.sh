@@ -42,9 +42,13 @@
 # The rounds run in blocks, one per variant (at least two), with the variants
 # unmounted and mounted again between blocks in a rotated order, so that each
 # is mounted first once: the daemon mounted first ran a few % slower than later
-# ones, whatever it recorded. The 1M seq write/read run once per variant, in
-# the last block. tmpfs and passthrough_ll are measured first, one after the
-# other (metadata: median of rounds inside mdbench).
+# ones, whatever it recorded. The 1M seq write/read run once per variant in
+# each block, in the block's mount order (median over the blocks). passthrough_ll, when selected with rawfs variants, takes part
+# in those interleaved metadata and 4k rounds as one more target (mounted again
+# in each block), so that rawfs/passthrough_ll compares figures taken under the
+# same conditions; its 1M seq runs come first. tmpfs is measured first, alone
+# (metadata: median of rounds inside mdbench), as is passthrough_ll when no
+# rawfs variant runs.
 #
 # trace-mem: rawfs is mounted with `--trace-capacity 200000`, a file is stat'ed
 # 1000 times (warm-up), the daemon's VmRSS is read (pid from its pid file in the
@@ -758,12 +762,12 @@ settled_status() { # mnt
 # other cycle of n rounds is run backwards: A B C, B C A, C A B, C B A, A C B,
 # B A C, so every variant runs in every place of a round equally often.
 # (Alternating A B C with C B A kept B in the middle of every round.)
-round_order() { # r -> sets order
-    local i k=$(( $1 - 1 )) nv=${#VARIANTS[@]}
+round_order() { # r -> sets order (over ROUND_TARGETS)
+    local i k=$(( $1 - 1 )) nv=${#ROUND_TARGETS[@]}
     local rot=$(( k % nv )) back=$(( k / nv % 2 ))
     order=()
     for (( i = 0; i < nv; i++ )); do
-        order+=("${VARIANTS[(rot + i) % nv]}")
+        order+=("${ROUND_TARGETS[(rot + i) % nv]}")
     done
     if (( back )); then
         local rev=()
@@ -801,10 +805,18 @@ cpu_us_per_req() { # variant utime|stime|both -> microseconds per request, or em
     awk -v t="$t" -v hz="$CLK_TCK" -v n="${VCPU[$1.requests]}" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }'
 }
 
+# Where a target of the interleaved rounds is mounted.
+round_dir() { # target
+    if [[ $1 == passthrough ]]; then printf '%s' "$WORK/pt"; else printf '%s' "$WORK/$1"; fi
+}
+
 declare -A VS=() # VS[variant.key]: status after the run (requests, recorded, rules, hits, matched)
+ROUND_TARGETS=()
 bench_variants() {
     local v r k x out order=() st
     local -A cpu0=()
+    ROUND_TARGETS=("${VARIANTS[@]}")
+    if (( DO_PT )); then ROUND_TARGETS+=(passthrough); fi
     if (( DO_V[rawfs-100rules] )); then
         write_rules
         log "wrote $RULES_JSON (100 rules)"
@@ -825,19 +837,23 @@ bench_variants() {
             log "block $block: mount $v: $RAWFS mount $WORK/$v --daemon $RAWFS_ARGS_EFF ${VARGS[*]}"
             mount_rawfs "$WORK/$v" "${VARGS[@]}"
         done
-        for v in "${VARIANTS[@]}"; do
-            layout_randread "$WORK/$v/randread.dat"
+        if (( DO_PT )); then
+            log "block $block: start passthrough_ll ($PT_OPTS)"
+            start_passthrough "$WORK/pt-src" "$WORK/pt"
+        fi
+        for v in "${ROUND_TARGETS[@]}"; do
+            layout_randread "$(round_dir "$v")/randread.dat"
         done
         md_from=$(( md_to + 1 )) md_to=$(( MDV_ROUNDS * block / nb ))
         rr_from=$(( rr_to + 1 )) rr_to=$(( VROUNDS * block / nb ))
-        log "block $block: metadata rounds $md_from-$md_to of $MDV_ROUNDS ($VFILES files) on ${VARIANTS[*]}"
+        log "block $block: metadata rounds $md_from-$md_to of $MDV_ROUNDS ($VFILES files) on ${ROUND_TARGETS[*]}"
         for v in "${VARIANTS[@]}"; do
             cpu0[$v]=$(cpu_sample "$WORK/$v")
         done
         for (( r = md_from; r <= md_to; r++ )); do
             round_order "$r"
             for v in "${order[@]}"; do
-                out=$(run_md "$v" "$WORK/$v" 1 "$VFILES")
+                out=$(run_md "$v" "$(round_dir "$v")" 1 "$VFILES")
                 while read -r k x; do
                     rv_add "$v.$k" "$x"
                 done <<<"$out"
@@ -848,7 +864,7 @@ bench_variants() {
                 round_order "$r"
                 log "round $r/$VROUNDS: 4k $k (${RUNTIME} s) on ${order[*]}"
                 for v in "${order[@]}"; do
-                    x=$(run_rand "$k" "$WORK/$v")
+                    x=$(run_rand "$k" "$(round_dir "$v")")
                     rv_add "$v.$k" "$x"
                 done
             done
@@ -856,12 +872,19 @@ bench_variants() {
         for v in "${VARIANTS[@]}"; do
             cpu_add "$v" "${cpu0[$v]}" "$(cpu_sample "$WORK/$v")"
         done
-        for v in "${VARIANTS[@]}"; do
-            rm -f "$WORK/$v/randread.dat"
+        for v in "${ROUND_TARGETS[@]}"; do
+            rm -f "$(round_dir "$v")/randread.dat"
+        done
+        # One seq run per variant per block, in the block's mount order: the first 1 GiB
+        # written after the rounds ran markedly slower, whichever variant wrote it.
+        for v in "${mount_order[@]}"; do
+            bench_seq "$v" "$WORK/$v"
+            rv_add "$v.seqwrite" "${R[$v.seqwrite]}"
+            rv_add "$v.seqread" "${R[$v.seqread]}"
         done
         if (( block < nb )); then unmount_all; fi
     done
-    for v in "${VARIANTS[@]}"; do
+    for v in "${ROUND_TARGETS[@]}"; do
         for k in "${ROUND_METRICS[@]}"; do
             [[ -n "${RV[$v.$k]:-}" ]] || die "no $k figures for $v"
             R[$v.$k]=$(median "${RV[$v.$k]}")
@@ -869,7 +892,8 @@ bench_variants() {
         done
     done
     for v in "${VARIANTS[@]}"; do
-        bench_seq "$v" "$WORK/$v"
+        R[$v.seqwrite]=$(median "${RV[$v.seqwrite]}")
+        R[$v.seqread]=$(median "${RV[$v.seqread]}")
     done
     for v in "${VARIANTS[@]}"; do
         st=$(status_json "$WORK/$v") || die "rawfs status $WORK/$v failed"
@@ -963,7 +987,12 @@ if (( DO_PT )); then
     log "== passthrough_ll ($PT_OPTS)"
     phase_start
     start_passthrough "$WORK/pt-src" "$WORK/pt"
-    bench_dir passthrough "$WORK/pt"
+    if (( ${#VARIANTS[@]} )); then
+        # Its metadata and 4k rounds run interleaved with the rawfs variants'.
+        bench_seq passthrough "$WORK/pt"
+    else
+        bench_dir passthrough "$WORK/pt"
+    fi
     unmount_all
     phase_end passthrough
 fi
@@ -1028,7 +1057,11 @@ NCPU="$(nproc)"
 {
     echo "rawfs benchmark ($MODE size${RAWFS_ARGS:+, rawfs mount $RAWFS_ARGS}), $(date -u +%Y-%m-%dT%H:%M:%SZ), kernel $KERNEL, $NCPU x ${CPU:-cpu}"
     echo "  load average (1/5/15 min): $LOAD_START at start, $LOAD_END at end"
-    echo "  metadata: $NFILES files in one directory; tmpfs/passthrough_ll: median of $MD_ROUNDS round(s) (target/bench/mdbench)"
+    if (( DO_PT && ${#VARIANTS[@]} )); then
+        echo "  metadata: $NFILES files in one directory; tmpfs: median of $MD_ROUNDS round(s) (target/bench/mdbench)"
+    else
+        echo "  metadata: $NFILES files in one directory; tmpfs/passthrough_ll: median of $MD_ROUNDS round(s) (target/bench/mdbench)"
+    fi
     echo "  fio $FIO_VERSION, psync, 1 job, ${RUNTIME} s time based: 4k randread, then 4k randwrite, on ${RR_SIZE_MIB} MiB; 1M seq write/read on ${SEQ_SIZE_MIB} MiB; MB = 10^6 B"
     if (( DO_TMPFS )); then echo "  tmpfs:          mount -t tmpfs -o size=$FS_SIZE_BYTES"; fi
     if (( DO_PT )); then echo "  passthrough_ll: libfuse $FUSE_VERSION example, -f -o source=<fresh tmpfs> $PT_OPTS, multi-threaded, no writeback ($PT_OPTS_WHY)"; fi
@@ -1047,7 +1080,7 @@ NCPU="$(nproc)"
             fi
             printf '\n'
         done
-        echo "  rawfs variants mounted side by side, rounds split into blocks with the mount order rotated (each variant mounted first once), run order rotated (each variant in each place of a round equally often): create/stat/unlink: median of $MDV_ROUNDS interleaved round(s) of $VFILES files; 4k randread/randwrite: median of $VROUNDS interleaved round(s); seq write/read: one run each"
+        echo "  ${ROUND_TARGETS[*]} mounted side by side, rounds split into blocks with the mount order rotated (each variant mounted first once), run order rotated (each target in each place of a round equally often): create/stat/unlink: median of $MDV_ROUNDS interleaved round(s) of $VFILES files; 4k randread/randwrite: median of $VROUNDS interleaved round(s); seq write/read: median of one run per block"
     fi
     if (( DO_TMPFS || DO_PT || ${#VARIANTS[@]} )); then
         echo
@@ -1061,17 +1094,19 @@ NCPU="$(nproc)"
         echo
         echo "ratios (of the figures above; 'rounds' = lowest-highest ratio within one interleaved round; > 1 = faster):"
         echo "  on/off = rawfs / rawfs-notrace (recording on vs off), 100r/none = rawfs-100rules / rawfs (both recording)"
-        printf '%-20s %7s %9s %11s %9s %11s %11s %9s %9s\n' \
-            workload on/off "on-off" rounds 100r/none rounds rawfs/tmpfs rawfs/pt pt/tmpfs
+        printf '%-20s %7s %9s %11s %9s %11s %11s %9s %11s %9s\n' \
+            workload on/off "on-off" rounds 100r/none rounds rawfs/tmpfs rawfs/pt rounds pt/tmpfs
         for m in "${METRICS[@]}"; do
             on=$(val rawfs "$m"); off=$(val rawfs-notrace "$m"); rl=$(val rawfs-100rules "$m")
             a=$(val tmpfs "$m"); p=$(val passthrough "$m")
-            printf '%-20s %7s %9s %11s %9s %11s %11s %9s %9s\n' "${M_LABEL[$m]}" \
+            printf '%-20s %7s %9s %11s %9s %11s %11s %9s %11s %9s\n' "${M_LABEL[$m]}" \
                 "$(or_dash "$(ratio "$on" "$off" 3)")" "$(or_dash "$(pct "$on" "$off")")" \
                 "$(or_dash "$(range_of "$(round_ratios "$(rounds_of rawfs "$m")" "$(rounds_of rawfs-notrace "$m")")")")" \
                 "$(or_dash "$(ratio "$rl" "$on" 3)")" \
                 "$(or_dash "$(range_of "$(round_ratios "$(rounds_of rawfs-100rules "$m")" "$(rounds_of rawfs "$m")")")")" \
-                "$(or_dash "$(ratio "$on" "$a")")" "$(or_dash "$(ratio "$on" "$p")")" "$(or_dash "$(ratio "$p" "$a")")"
+                "$(or_dash "$(ratio "$on" "$a")")" "$(or_dash "$(ratio "$on" "$p")")" \
+                "$(or_dash "$(range_of "$(round_ratios "$(rounds_of rawfs "$m")" "$(rounds_of passthrough "$m")")")")" \
+                "$(or_dash "$(ratio "$p" "$a")")"
         done
     fi
     if (( ${#VARIANTS[@]} )); then
@@ -1151,9 +1186,9 @@ json_pct() { # num_target den_target
     done
     printf '}'
 }
-json_rounds() { # variant: per-round values of the interleaved metrics
+json_rounds() { # target: per-round values of the interleaved metrics
     local first=1 m
-    if (( ! DO_V[$1] )); then printf 'null'; return; fi
+    if [[ -z "${RV[$1.create]:-}" ]]; then printf 'null'; return; fi
     printf '{'
     for m in "${ROUND_METRICS[@]}"; do
         (( first )) || printf ', '
@@ -1254,7 +1289,8 @@ json_phases() {
     printf '  "rounds": {\n'
     printf '    "rawfs": %s,\n' "$(json_rounds rawfs)"
     printf '    "rawfs-notrace": %s,\n' "$(json_rounds rawfs-notrace)"
-    printf '    "rawfs-100rules": %s\n' "$(json_rounds rawfs-100rules)"
+    printf '    "rawfs-100rules": %s,\n' "$(json_rounds rawfs-100rules)"
+    printf '    "passthrough_ll": %s\n' "$(json_rounds passthrough)"
     printf '  },\n'
     printf '  "ratios": {\n'
     printf '    "rawfs/tmpfs": %s,\n' "$(json_ratio rawfs tmpfs)"
@@ -1272,6 +1308,7 @@ json_phases() {
     printf '    "diff_pct": %s,\n' "$(json_pct rawfs rawfs-notrace)"
     printf '    "round_ratios": %s\n' "$(json_round_ratios rawfs rawfs-notrace)"
     printf '  },\n'
+    printf '  "rawfs_vs_passthrough_ll": {"round_ratios": %s},\n' "$(json_round_ratios rawfs passthrough)"
     printf '  "rules_100_vs_none": {\n'
     printf '    "ratio": %s,\n' "$(json_ratio rawfs-100rules rawfs 4)"
     printf '    "diff_pct": %s,\n' "$(json_pct rawfs-100rules rawfs)"
