@@ -844,7 +844,10 @@ impl Drop for Recorder {
 /// The collector polls the lanes instead of being woken per event, so that a request never
 /// pays for a wake-up (a context switch on the request path).
 fn collect(lanes: &Lanes, store: &Store, clock: &Clock, mut file: Option<BufWriter<File>>) {
-    const MIN_POLL: Duration = Duration::from_millis(5);
+    // Waking every 5 ms under load cost a stat loop about 10% (20 interleaved rounds of
+    // 30000 stats: median 18.6k/s against 20.7k/s at 50 ms): on two CPUs the wake-up lands
+    // where the program or a polling reader runs. Readers kick it when they need events.
+    const MIN_POLL: Duration = Duration::from_millis(50);
     const MAX_POLL: Duration = Duration::from_millis(50);
     // What was taken from each lane; swapped back in next time, so both stay allocated.
     let mut taken: Vec<LaneBuf> = (0..lanes.lanes.len()).map(|_| LaneBuf::default()).collect();
