@@ -555,11 +555,7 @@ impl Node {
         }
         self.drop_capability();
         if self.perm & SUID_SGID != 0 && !who.capable(Cap::Fsetid) {
-            self.perm &= !(if self.setgid_goes(who) {
-                SUID_SGID
-            } else {
-                SUID
-            });
+            self.drop_ids(who);
         }
     }
 
@@ -571,11 +567,17 @@ impl Node {
             return;
         }
         self.drop_capability();
-        self.perm &= !(if self.setgid_goes(who) {
+        self.drop_ids(who);
+    }
+
+    /// Drops setuid, and setgid where [`Node::setgid_goes`] says so.
+    fn drop_ids(&mut self, who: &Asker) {
+        let ids = if self.setgid_goes(who) {
             SUID_SGID
         } else {
             SUID
-        });
+        };
+        self.perm &= !ids;
     }
 
     /// True if the node's setgid bit goes when `who` changes it (`setattr_should_drop_sgid`):
@@ -1113,7 +1115,6 @@ impl Fs {
         let _ = self.wait_hook.set(hook);
     }
 
-    /// The caller of a request, for permission checks; `None` when the tree makes none.
     /// Lets a chmod that only clears setuid and setgid through from someone who does not own
     /// the file, for a kernel that takes them away itself after another user's write,
     /// truncate or chown: that arrives as a chmod from that user. (A FUSE kernel does so
@@ -1123,6 +1124,7 @@ impl Fs {
         self.others_clear_ids.store(yes, Ordering::Relaxed);
     }
 
+    /// The caller of a request, for permission checks; `None` when the tree makes none.
     fn asker<'a>(&self, caller: &'a Caller) -> Option<Asker<'a>> {
         self.permissions.map(|source| Asker::new(caller, source))
     }
