@@ -1174,6 +1174,27 @@ impl Fs {
         self.freed.notify_all();
     }
 
+    /// Whether everyone may search directory `dir` and every directory above it (execute
+    /// permission for owner, group and others all the way up): then anyone may walk to a
+    /// name in `dir`, whoever they are, and the kernel may keep it without asking.
+    pub fn searchable_by_all(&self, dir: u64) -> bool {
+        let s = self.lock();
+        let mut ino = dir;
+        loop {
+            let Some(n) = s.nodes.get(&ino) else {
+                return false;
+            };
+            if n.perm & 0o111 != 0o111 {
+                return false;
+            }
+            match &n.body {
+                Body::Dir(d) if d.parent != ino => ino = d.parent,
+                Body::Dir(_) => return true,
+                _ => return false,
+            }
+        }
+    }
+
     /// stat(2).
     pub fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
         Ok(self.lock().node(ino)?.attr(ino))

@@ -36,6 +36,8 @@ use crate::trace::recorder::{Pending, Recorder};
 use crate::trace::who::WhoCache;
 use crate::trace::{Event, Op};
 
+pub mod names;
+use names::Names;
 pub mod power;
 use power::{Cause, Power};
 pub mod reserve;
@@ -57,7 +59,8 @@ pub enum CacheMode {
 pub struct RawFs {
     fs: Arc<Fs>,
     cache: CacheMode,
-    ttl: Duration,
+    /// How long the kernel may keep names and attributes.
+    names: Arc<Names>,
     recorder: Option<Arc<Recorder>>,
     faults: Arc<Faults>,
     /// Who asked, when no recorder does this already (recording off, fault rules on).
@@ -230,24 +233,21 @@ fn competitor_create(fs: &Fs, parent: u64, name: &OsStr, content: &[u8], uid: u3
 }
 
 impl RawFs {
-    /// An adapter serving `fs` with the given caching, recording into `recorder` if given,
-    /// and applying `faults`.
+    /// An adapter serving `fs` with the given caching and lifetimes of names, recording into
+    /// `recorder` if given, and applying `faults`.
     pub fn new(
         fs: Arc<Fs>,
         cache: CacheMode,
+        names: Arc<Names>,
         recorder: Option<Arc<Recorder>>,
         faults: Arc<Faults>,
         unrecorded: Arc<AtomicU64>,
         power: Arc<Power>,
     ) -> RawFs {
-        let ttl = match cache {
-            CacheMode::Direct => Duration::ZERO,
-            CacheMode::Cached => Duration::from_secs(1),
-        };
         RawFs {
             fs,
             cache,
-            ttl,
+            names,
             recorder,
             faults,
             who: WhoCache::default(),
@@ -507,16 +507,22 @@ impl RawFs {
         }
     }
 
-    fn entry(&self, r: Result<Attr, Errno>, reply: ReplyEntry) {
+    /// Answers with a name in directory `parent`.
+    fn entry(&self, parent: u64, r: Result<Attr, Errno>, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry_with_ttls(
+                &self.names.attr_ttl(),
+                &self.names.entry_ttl(&self.fs, parent),
+                &file_attr(&a),
+                Generation(0),
+            ),
             Err(e) => reply.error(err(e)),
         }
     }
 
     fn attr(&self, r: Result<Attr, Errno>, reply: ReplyAttr) {
         match r {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.names.attr_ttl(), &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -605,6 +611,8 @@ impl Filesystem for RawFs {
             // writes through the page cache, and its extra getattr and chmod around a chown.
             (InitFlags::FUSE_HANDLE_KILLPRIV_V2, "handle_killpriv_v2"),
         ];
+        let abi = config.kernel_abi();
+        self.names.kernel_speaks(abi.0, abi.1);
         for (flag, name) in wanted {
             if config.add_capabilities(flag).is_err() {
                 warn!("kernel does not offer {name}");
@@ -624,7 +632,7 @@ impl Filesystem for RawFs {
             |e, fs| named(e, fs, p, name),
             |fs| fs.lookup(&c, p, name),
             entry_outcome,
-            |r| self.entry(r, reply),
+            |r| self.entry(p, r, reply),
         );
     }
 
@@ -712,7 +720,18 @@ impl Filesystem for RawFs {
                 fs.setattr(&c, ino(i), &set)
             },
             nothing,
-            |r| self.attr(r, reply),
+            |r| {
+                // A directory someone may no longer search: names below it that the kernel
+                // holds must not outlive the chmod (see `names`).
+                if let Ok(a) = &r
+                    && mode.is_some()
+                    && a.kind == Kind::Dir
+                    && a.perm & 0o111 != 0o111
+                {
+                    self.names.forget_all();
+                }
+                self.attr(r, reply)
+            },
         );
     }
 
@@ -751,7 +770,7 @@ impl Filesystem for RawFs {
             },
             |fs| fs.mknod(&c, p, name, mode, rdev),
             entry_outcome,
-            |r| self.entry(r, reply),
+            |r| self.entry(p, r, reply),
         );
     }
 
@@ -774,7 +793,7 @@ impl Filesystem for RawFs {
             },
             |fs| fs.mkdir(&c, p, name, mode),
             entry_outcome,
-            |r| self.entry(r, reply),
+            |r| self.entry(p, r, reply),
         );
     }
 
@@ -820,7 +839,7 @@ impl Filesystem for RawFs {
             },
             |fs| fs.symlink(&c, p, link_name, target.as_os_str()),
             entry_outcome,
-            |r| self.entry(r, reply),
+            |r| self.entry(p, r, reply),
         );
     }
 
@@ -868,7 +887,18 @@ impl Filesystem for RawFs {
                 e.node = Some(done.node);
                 e.out_ino = done.replaced;
             },
-            |r| Self::empty(r, reply),
+            |r| {
+                // A name the kernel may hold that moved below a directory someone may not
+                // search must not outlive the rename (see `names`).
+                if r.is_ok()
+                    && (self.names.must_forget_under(&self.fs, np)
+                        || (flags.contains(RenameFlags::RENAME_EXCHANGE)
+                            && self.names.must_forget_under(&self.fs, p)))
+                {
+                    self.names.forget_all();
+                }
+                Self::empty(r, reply)
+            },
         );
     }
 
@@ -892,7 +922,7 @@ impl Filesystem for RawFs {
             },
             |fs| fs.link(&c, i, np, newname),
             entry_outcome,
-            |r| self.entry(r, reply),
+            |r| self.entry(np, r, reply),
         );
     }
 
@@ -1271,8 +1301,10 @@ impl Filesystem for RawFs {
                 e.out_fh = Some(*fh);
             },
             |r| match r {
+                // One lifetime for the name and the attributes: the name's, which is either
+                // the attributes' or none.
                 Ok((a, fh)) => reply.created(
-                    &self.ttl,
+                    &self.names.entry_ttl(&self.fs, p),
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(fh),

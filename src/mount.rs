@@ -19,6 +19,7 @@ use crate::control::{Served, Server};
 use crate::fault::{Faults, Rule};
 use crate::fs::durable::Model;
 use crate::fs::{Fs, FsOptions};
+use crate::fuse::names::{self, Names};
 use crate::fuse::power::Power;
 use crate::fuse::{CacheMode, RawFs};
 use crate::trace::recorder::{Recorder, Store, TraceConfig};
@@ -234,11 +235,16 @@ impl Mounted {
         // and capabilities read from /proc when they decide (src/fs/perm.rs). With the
         // kernel's own checks (`default_permissions`) the kernel would first ask for the
         // attributes of every directory on a path, a getattr per directory per syscall at
-        // zero timeouts. With --cache the kernel skips the lookups of names it holds, so it
-        // must check search permission on the way itself: there it checks too.
-        if config.cache == CacheMode::Cached {
+        // zero timeouts. With --cache the kernel skips the lookups of names it holds: the
+        // tree then hands out names with a lifetime only where anyone may walk, and makes
+        // the kernel forget them when that changes (src/fuse/names.rs), which needs Linux
+        // 6.16; on older kernels the kernel checks search permission itself.
+        let cached = config.cache == CacheMode::Cached;
+        let kernel_checks = cached && !names::kernel_forgets_names();
+        if kernel_checks {
             options.push(MountOption::DefaultPermissions);
         }
+        let names = Arc::new(Names::new(cached, kernel_checks));
         // Device nodes and setuid bits behave as on tmpfs.
         options.push(MountOption::Dev);
         options.push(MountOption::Suid);
@@ -265,7 +271,7 @@ impl Mounted {
             .map_err(|e| MountError(format!("bad fault rule: {e}")))?;
         let unrecorded = Arc::new(AtomicU64::new(0));
         let abs = crate::registry::absolute(mountpoint).unwrap_or(mountpoint.to_path_buf());
-        let mut power = Power::new(fs.clone(), recorder.clone(), &abs);
+        let mut power = Power::new(fs.clone(), names.clone(), recorder.clone(), &abs);
         if config.record_states {
             power = power.recording_states();
         }
@@ -273,6 +279,7 @@ impl Mounted {
         let adapter = RawFs::new(
             fs.clone(),
             config.cache,
+            names.clone(),
             recorder.clone(),
             faults.clone(),
             unrecorded.clone(),
@@ -290,9 +297,9 @@ impl Mounted {
                 _ => MountError(format!("cannot mount on {shown}: {e}")),
             }
         })?;
-        reserve.set_device(std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(
-            &session,
-        )));
+        let device = std::os::fd::AsFd::as_fd(&session);
+        reserve.set_device(std::os::fd::AsRawFd::as_raw_fd(&device));
+        names.set_device(device);
         let unmounter = session.unmount_callable();
         power.set_notifier(session.notifier());
         let end = Arc::new(std::sync::Mutex::new(SessionEnd::default()));

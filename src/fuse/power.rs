@@ -14,6 +14,7 @@ use log::{info, warn};
 use crate::fs::durable::{CrashOptions, Keep, Losses};
 use crate::fs::snapshot::Snapshot;
 use crate::fs::{Fs, Stale};
+use crate::fuse::names::Names;
 use crate::trace::recorder::Recorder;
 use crate::trace::{Event, Op};
 
@@ -25,6 +26,7 @@ const INVALIDATE_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Power {
     fs: Arc<Fs>,
+    names: Arc<Names>,
     recorder: Option<Arc<Recorder>>,
     mountpoint: PathBuf,
     notifier: OnceLock<Notifier>,
@@ -55,10 +57,17 @@ pub struct Cause {
 }
 
 impl Power {
-    /// The switch for `fs` mounted on `mountpoint`, recording crashes into `recorder`.
-    pub fn new(fs: Arc<Fs>, recorder: Option<Arc<Recorder>>, mountpoint: &Path) -> Power {
+    /// The switch for `fs` mounted on `mountpoint`, recording crashes into `recorder`; the
+    /// kernel forgets `names` it holds after a crash.
+    pub fn new(
+        fs: Arc<Fs>,
+        names: Arc<Names>,
+        recorder: Option<Arc<Recorder>>,
+        mountpoint: &Path,
+    ) -> Power {
         Power {
             fs,
+            names,
             recorder,
             mountpoint: mountpoint.to_path_buf(),
             notifier: OnceLock::new(),
@@ -119,6 +128,8 @@ impl Power {
         };
         let start = Instant::now();
         let crashed = self.fs.crash(opts);
+        // A directory the crash took search permission from may have names cached below it.
+        self.names.forget_all();
         let took = start.elapsed();
         info!(
             "crash of {}: {} files and {} names lost, {} processes killed, in {took:?}",

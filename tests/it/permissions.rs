@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use rawfs::fuse::CacheMode;
-use rawfs::{MountConfig, Op};
+use rawfs::{MountConfig, Op, Request, TempMount};
 
 use crate::common::{mount_with, must_run, python, s, text};
 use crate::differential::Tmpfs;
@@ -206,6 +206,35 @@ step("root without DAC caps lists A's 0700 dir", lambda: os.listdir("ad"), caps_
 step("root without FOWNER chmods A's file", lambda: os.chmod("o/secret", 0o640), caps_drop=[3])
 step("root reads A's 0600 file", lambda: read("o/secret"))
 
+# Search permission taken away after a walk: no name the kernel keeps may outlive it.
+mkd("sp", 0o755)
+mkd("sp/sub", 0o755)
+mk("sp/sub/g", 0o644)
+mkd("shut", 0o700)
+mkd("shut/x", 0o755)
+def exchange(a, b):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, a.encode(), -100, b.encode(), 2) != 0:  # RENAME_EXCHANGE
+        raise OSError(ctypes.get_errno(), "renameat2")
+step("walk two deep", lambda: read("sp/sub/g"), A)
+os.chmod("sp", 0o750)
+step("walk two deep after chmod 0750", lambda: read("sp/sub/g"), A)
+step("stat after it", lambda: os.stat("sp/sub") and None, A)
+step("walk as a group member", lambda: read("sp/sub/g"), B, [0])
+os.chmod("sp", 0o755)
+step("walk after chmod back", lambda: read("sp/sub/g"), A)
+os.chmod("sp/sub", 0o744)
+step("walk after the inner dir lost x", lambda: read("sp/sub/g"), A)
+os.chmod("sp/sub", 0o755)
+step("walk before the move", lambda: read("sp/sub/g"), A)
+os.rename("sp/sub", "shut/sub")
+step("walk after a move under a 0700 dir", lambda: read("shut/sub/g"), A)
+os.rename("shut/sub", "sp/sub")
+step("walk after the move back", lambda: read("sp/sub/g"), A)
+exchange("shut/x", "sp/sub")
+step("walk after an exchange under a 0700 dir", lambda: read("shut/x/g"), A)
+step("walk through what came out", lambda: os.listdir("sp/sub"), A)
+
 # Groups change between requests: nothing read about them may outlive a request.
 def regroup():
     out = []
@@ -331,6 +360,8 @@ fn permission_checks_match_tmpfs_with_groups_sticky_dirs_owners_and_capabilities
         "chgrp to a group not held: EPERM",
         "root without DAC caps reads A's 0600 file: EACCES",
         "groups changed between reads: ok ok 4 / EACCES / ok 4",
+        "walk two deep after chmod 0750: EACCES",
+        "walk after an exchange under a 0700 dir: EACCES",
     ] {
         assert!(want.contains(line), "tmpfs did not print {line:?}:\n{want}");
     }
@@ -352,6 +383,57 @@ fn permission_checks_match_tmpfs_with_groups_sticky_dirs_owners_and_capabilities
     }
 }
 
+/// A python program that creates, stats and unlinks `files` files in directory d between
+/// lookups of "begin" and "end", then stats the directory e/f.
+fn walk_program(files: usize) -> String {
+    format!(
+        r#"
+import os
+os.mkdir("d")
+os.makedirs("e/f")
+os.path.exists("begin")
+for i in range({files}):
+    os.close(os.open(f"d/f{{i}}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+for i in range({files}):
+    os.stat(f"d/f{{i}}")
+for i in range({files}):
+    os.unlink(f"d/f{{i}}")
+os.path.exists("end")
+os.stat("e/f")
+"#
+    )
+}
+
+/// Runs python `program` in `m`; returns the requests between its lookups of "begin" and
+/// "end", and the sequence number of the latter.
+fn between_markers(m: &TempMount, program: &str) -> (Vec<Request>, u64) {
+    python(m.path(), program, &[]);
+    let begin = m.events().op(Op::Lookup).path("/begin").one();
+    let end = m.events().op(Op::Lookup).path("/end").one();
+    let (Ok(begin), Ok(end)) = (begin, end) else {
+        panic!("the marker lookups of /begin and /end are not in the trace");
+    };
+    let between = m
+        .events()
+        .after(begin.seq)
+        .all()
+        .into_iter()
+        .filter(|r| r.seq < end.seq)
+        .collect();
+    (between, end.seq)
+}
+
+/// Fails unless `requests` number at most `most` per file of `files`, showing the first ones.
+fn assert_per_file(requests: &[Request], files: usize, most: usize) {
+    let per_file = requests.len() as f64 / files as f64;
+    let first: Vec<String> = requests.iter().take(40).map(|r| r.to_string()).collect();
+    assert!(
+        per_file <= most as f64,
+        "{per_file} requests per file, {most} expected:\n{}",
+        first.join("\n")
+    );
+}
+
 /// Requests per file of a python loop that creates, stats and unlinks files in a
 /// subdirectory, and the directories' getattrs, from the trace.
 #[test]
@@ -360,42 +442,7 @@ fn a_path_walk_costs_lookups_only_no_getattr_of_the_directories_on_the_way() {
         return;
     };
     const FILES: usize = 50;
-    let program = format!(
-        r#"
-import os
-os.mkdir("d")
-os.makedirs("e/f")
-os.path.exists("begin")
-for i in range({FILES}):
-    os.close(os.open(f"d/f{{i}}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-for i in range({FILES}):
-    os.stat(f"d/f{{i}}")
-for i in range({FILES}):
-    os.unlink(f"d/f{{i}}")
-os.path.exists("end")
-os.stat("e/f")
-"#
-    );
-    python(m.path(), &program, &[]);
-    let begin = m
-        .events()
-        .op(Op::Lookup)
-        .path("/begin")
-        .one()
-        .expect("the marker lookup");
-    let end = m
-        .events()
-        .op(Op::Lookup)
-        .path("/end")
-        .one()
-        .expect("the end marker");
-    let between: Vec<_> = m
-        .events()
-        .after(begin.seq)
-        .all()
-        .into_iter()
-        .filter(|r| r.seq < end.seq)
-        .collect();
+    let (between, end) = between_markers(&m, &walk_program(FILES));
     let dirs: Vec<String> = between
         .iter()
         .filter(|r| r.op == Op::Getattr)
@@ -414,19 +461,9 @@ os.stat("e/f")
     );
     // Per file: create = lookup of d, of the name, create, flush, release; stat = 2 lookups
     // and a getattr; unlink = 2 lookups, unlink and the forget of the node: 12.
-    let per_file = between.len() as f64 / FILES as f64;
-    assert!(
-        per_file <= 12.0,
-        "{per_file} requests per file, 12 expected:\n{}",
-        between
-            .iter()
-            .take(40)
-            .map(|r| r.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_per_file(&between, FILES, 12);
     // A stat the program asks for still reaches rawfs: the directory e/f, by its path.
-    let stat_f = m.events().after(end.seq).path("/e/f").all();
+    let stat_f = m.events().after(end).path("/e/f").all();
     assert!(
         stat_f.iter().any(|r| r.op == Op::Lookup),
         "the stat of e/f was not seen: {stat_f:?}"
@@ -469,4 +506,40 @@ os.close(fd)
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// With `--cache`, a create or an unlink in a subdirectory costs no getattr of the directory:
+/// the tree, not the kernel, checks permissions, and names the kernel keeps are guarded by
+/// the tree (src/fuse/names.rs; the steps above check that they stay as strict as tmpfs).
+#[test]
+fn with_cache_a_create_or_unlink_costs_no_getattr_of_its_directory() {
+    let Some(m) = mount_with(&MountConfig {
+        cache: CacheMode::Cached,
+        ..MountConfig::default()
+    }) else {
+        return;
+    };
+    if !rawfs::fuse::names::kernel_forgets_names() {
+        eprintln!("SKIPPED: before Linux 6.16 --cache leaves permission checks to the kernel");
+        return;
+    }
+    const FILES: usize = 50;
+    let (between, _) = between_markers(&m, &walk_program(FILES));
+    let getattrs: Vec<String> = between
+        .iter()
+        .filter(|r| r.op == Op::Getattr)
+        .map(|r| r.to_string())
+        .collect();
+    assert!(
+        getattrs.is_empty(),
+        "getattr requests the program did not make:\n{}",
+        getattrs.join("\n")
+    );
+    // Per file: create = lookup, create, flush, release; the stat is answered from the
+    // cache; unlink = unlink and the forget of the node: 6.
+    assert_per_file(&between, FILES, 6);
+    for op in [Op::Create, Op::Unlink] {
+        let n = between.iter().filter(|r| r.op == op).count();
+        assert_eq!(n, FILES, "{op:?} requests");
+    }
 }
