@@ -5,7 +5,8 @@
 #   3. unit and integration tests (`cargo test`), mounted tests included;
 #   4. the Python package (python/, docs/python.md): scripts/python-env.sh installs it with
 #      `pip install .` into target/venv (reusing the release build), then ruff and pytest;
-#   5. pjdfstest, the POSIX file system test suite, against a rawfs mount;
+#   5. pjdfstest, the POSIX file system test suite, against a rawfs mount in the default mode
+#      and in --cache mode (where rawfs guards the names the kernel keeps);
 #   6. fsx, a data-integrity exerciser, 100k operations in the default (direct I/O)
 #      mode and in --cache mode.
 # Mounting needs root (or fusermount3) and /dev/fuse. With CI=true, a mounted test
@@ -51,6 +52,9 @@ env -u RAWFS "$py" -m pytest -p no:cacheprovider python/tests
 
 step "pjdfstest"
 scripts/pjdfstest.sh
+
+step "pjdfstest, --cache mode"
+scripts/pjdfstest.sh --cache
 
 step "fsx, direct I/O mode"
 scripts/fsx.sh --ops 100000
