@@ -331,9 +331,10 @@ impl Mounted {
             }
         };
         info!(
-            "mounted rawfs on {} ({:?}, {} threads)",
+            "mounted rawfs on {} ({:?}, {}, {} threads)",
             mountpoint.display(),
             config.cache,
+            names.guard(),
             config.threads
         );
         let trimmer = Trimmer::start(&fs);

@@ -49,6 +49,16 @@ pub enum Guard {
     Tree,
 }
 
+impl std::fmt::Display for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Guard::Uncached => "no names cached",
+            Guard::Kernel => "the kernel checks permissions on cached names",
+            Guard::Tree => "names cached where anyone may walk",
+        })
+    }
+}
+
 /// The lifetimes the adapter hands out, and the means to take names back.
 #[derive(Debug)]
 pub struct Names {
