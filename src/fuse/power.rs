@@ -129,6 +129,8 @@ impl Power {
         let start = Instant::now();
         let crashed = self.fs.crash(opts);
         // A directory the crash took search permission from may have names cached below it.
+        // The invalidations below cover every name too, but from a thread of their own: this
+        // takes effect before the crash returns, also for a crash rule, which cannot wait.
         self.names.forget_all();
         let took = start.elapsed();
         info!(

@@ -220,6 +220,64 @@ open('new', 'w').close()
     }
 }
 
+/// With `--cache` the kernel keeps names where anyone may walk; a crash that takes search
+/// permission back (an unsynced chmod undone) makes it forget them, so the next walk of
+/// another user is checked again.
+#[test]
+fn a_crash_that_undoes_a_chmod_is_checked_on_the_next_walk_with_cache() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            !crate::common::must_run(),
+            "CI=true but not root: the test switches users"
+        );
+        eprintln!("SKIPPED: not root, and the test switches users");
+        return;
+    }
+    let Some(m) = crate::common::mount_with(&MountConfig {
+        cache: rawfs::fuse::CacheMode::Cached,
+        ..MountConfig::default()
+    }) else {
+        return;
+    };
+    python(
+        m.path(),
+        &format!(
+            "{FSYNC_DIR}
+os.mkdir('d', 0o700)
+with open('d/f', 'wb') as f:
+    f.write(b'data')
+    os.fsync(f.fileno())
+fsync_dir('d')
+fsync_dir('.')
+os.chmod('d', 0o755)
+"
+        ),
+        &[],
+    );
+    let cat_as_nobody = || {
+        use std::os::unix::process::CommandExt;
+        let out = Command::new("cat")
+            .arg(m.join("d/f"))
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run cat");
+        (out.status.success(), text(&out.stderr))
+    };
+    let (ok, err) = cat_as_nobody();
+    assert!(ok, "nobody could not read d/f before the crash: {err}");
+    m.crash(CrashOptions::default());
+    let mode = std::fs::metadata(m.join("d")).expect("stat d").mode() & 0o7777;
+    assert_eq!(mode, 0o700, "the crash did not undo the chmod");
+    let (ok, err) = cat_as_nobody();
+    assert!(
+        !ok,
+        "nobody read d/f through a directory the crash made 0700"
+    );
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
 #[test]
 fn dry_run_says_what_would_be_lost_until_the_program_made_it_durable() {
     let d = Daemon::start(&[]);
