@@ -873,7 +873,7 @@ fn dropping_a_guard_on_a_busy_mount_returns_within_seconds_and_leaves_no_mount()
     std::fs::write(m.join("held"), b"x").expect("write");
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg("exec 3<held; sleep 30")
+        .arg("exec 3<held; exec sleep 30")
         .current_dir(&mountpoint)
         .spawn()
         .expect("spawn sh");
