@@ -56,6 +56,11 @@ pub struct Cli {
     /// Options for passthrough_ll instead of the automatic choice (e.g. "-o cache=auto").
     #[arg(long, value_name = "STR", allow_hyphen_values = true)]
     passthrough_opts: Option<String>,
+    /// For the run, let an idle virtual CPU poll this long before it halts (the guest's
+    /// cpuidle haltpoll driver, /sys/module/haltpoll/parameters/guest_halt_poll_ns); the old
+    /// value is restored at the end. See "Idle CPUs" in --help.
+    #[arg(long, value_name = "NS")]
+    halt_poll_ns: Option<u64>,
 }
 
 /// A positive whole number.
@@ -151,6 +156,8 @@ pub struct Config {
     /// passthrough_ll's options besides -f -o source=DIR, and why.
     pub pt_opts: String,
     pub pt_opts_why: &'static str,
+    /// --halt-poll-ns, if given.
+    pub halt_poll_ns: Option<u64>,
 }
 
 impl Config {
@@ -316,6 +323,7 @@ fn config(cli: Cli) -> Result<Config> {
         fs_size_bytes,
         pt_opts,
         pt_opts_why,
+        halt_poll_ns: cli.halt_poll_ns,
     })
 }
 

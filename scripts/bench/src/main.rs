@@ -112,6 +112,8 @@ fn run<'a>(
     let results_json = out_dir.join("results.json");
 
     let ws = ws.insert(Workspace::create(out_dir.join("rawfs-logs"))?);
+    let _halt_poll = cfg.halt_poll_ns.map(sys::HaltPoll::set).transpose()?;
+    let cpuidle = sys::cpuidle();
     let load_start = sys::loadavg();
 
     let pt_bin = if cfg.passthrough {
@@ -159,6 +161,7 @@ fn run<'a>(
         fio: setup::fio_version()?,
         libfuse: setup::libfuse_version(),
         clock_ticks: sys::clock_ticks(),
+        cpuidle,
         results_json: results_json.clone(),
     };
     print!("{}", report::text(bench, &info));

@@ -23,6 +23,8 @@ pub struct Info {
     pub fio: String,
     pub libfuse: String,
     pub clock_ticks: u64,
+    /// The cpuidle driver and the haltpoll driver's guest_halt_poll_ns (sys::cpuidle).
+    pub cpuidle: (String, Option<u64>),
     pub results_json: PathBuf,
 }
 
@@ -84,6 +86,23 @@ pub fn text(b: &Bench, info: &Info) -> String {
         "  load average (1/5/15 min): {} at start, {} at end",
         info.load_start, info.load_end
     );
+    match &info.cpuidle {
+        (driver, Some(0)) => {
+            let _ = writeln!(
+                o,
+                "  cpuidle: {driver}, guest_halt_poll_ns 0: an idle virtual CPU halts at once, \
+                 so a reply that wakes the program on the other CPU costs a VM exit; FUSE \
+                 round trips then run in a fast and a slow mode (see --halt-poll-ns)"
+            );
+        }
+        (driver, Some(ns)) => {
+            let _ = writeln!(o, "  cpuidle: {driver}, guest_halt_poll_ns {ns}");
+        }
+        (driver, None) if !driver.is_empty() => {
+            let _ = writeln!(o, "  cpuidle: {driver}");
+        }
+        _ => {}
+    }
     let who = if cfg.passthrough && !cfg.variants.is_empty() {
         "tmpfs"
     } else {
@@ -391,6 +410,8 @@ struct Host {
     ncpu: usize,
     fio: String,
     libfuse: String,
+    cpuidle_driver: String,
+    guest_halt_poll_ns: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -558,6 +579,8 @@ pub fn json(b: &Bench, info: &Info, rawfs_binary: Option<String>) -> String {
             ncpu: info.ncpu,
             fio: info.fio.clone(),
             libfuse: info.libfuse.clone(),
+            cpuidle_driver: info.cpuidle.0.clone(),
+            guest_halt_poll_ns: info.cpuidle.1,
         },
         config: JsonConfig {
             metadata_files: cfg.nfiles,

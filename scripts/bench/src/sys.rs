@@ -379,6 +379,50 @@ pub fn kernel_release() -> String {
     }
 }
 
+/// The guest's halt polling: how long an idle virtual CPU polls before it halts.
+const HALT_POLL: &str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
+
+/// The cpuidle driver ("" if none) and, with the haltpoll driver, its guest_halt_poll_ns.
+pub fn cpuidle() -> (String, Option<u64>) {
+    let driver = fs::read_to_string("/sys/devices/system/cpu/cpuidle/current_driver")
+        .map(|d| d.trim().to_string())
+        .unwrap_or_default();
+    let ns = fs::read_to_string(HALT_POLL)
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+    (driver, ns)
+}
+
+/// guest_halt_poll_ns set for a run; the old value comes back on drop.
+pub struct HaltPoll {
+    old: u64,
+}
+
+impl HaltPoll {
+    /// Sets guest_halt_poll_ns to `ns`.
+    pub fn set(ns: u64) -> Result<HaltPoll> {
+        let (_, Some(old)) = cpuidle() else {
+            return bail(format!(
+                "--halt-poll-ns: {HALT_POLL} does not exist (not a guest with the haltpoll \
+                 cpuidle driver)"
+            ));
+        };
+        fs::write(HALT_POLL, ns.to_string())
+            .map_err(|e| fail(format!("--halt-poll-ns: write {HALT_POLL}: {e}")))?;
+        log(format!("guest_halt_poll_ns {old} -> {ns} for the run"));
+        Ok(HaltPoll { old })
+    }
+}
+
+impl Drop for HaltPoll {
+    fn drop(&mut self) {
+        match fs::write(HALT_POLL, self.old.to_string()) {
+            Ok(()) => log(format!("guest_halt_poll_ns back to {}", self.old)),
+            Err(e) => log(format!("cannot restore {HALT_POLL} to {}: {e}", self.old)),
+        }
+    }
+}
+
 /// The first "model name" of /proc/cpuinfo, or "".
 pub fn cpu_model() -> String {
     fs::read_to_string("/proc/cpuinfo")
