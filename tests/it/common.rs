@@ -54,6 +54,18 @@ macro_rules! fuse_or_skip {
     };
 }
 
+/// True if this process may switch users (root); otherwise prints why the test is skipped,
+/// or fails under CI=true.
+pub fn root_or_skip() -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(!must_run(), "CI=true but not root: the test switches users");
+    eprintln!("SKIPPED: not root, and the test switches users");
+    false
+}
+
 /// Mounts rawfs with `config` on a fresh temp dir, or returns `None` after printing why the
 /// test is skipped. Under CI=true, not being able to mount fails the test.
 pub fn mount_with(config: &MountConfig) -> Option<TempMount> {

@@ -225,13 +225,7 @@ open('new', 'w').close()
 /// another user is checked again.
 #[test]
 fn a_crash_that_undoes_a_chmod_is_checked_on_the_next_walk_with_cache() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            !crate::common::must_run(),
-            "CI=true but not root: the test switches users"
-        );
-        eprintln!("SKIPPED: not root, and the test switches users");
+    if !crate::common::root_or_skip() {
         return;
     }
     let Some(m) = crate::common::mount_with(&MountConfig {

@@ -13,7 +13,7 @@ use std::path::Path;
 use rawfs::fuse::CacheMode;
 use rawfs::{MountConfig, Op, Request, TempMount};
 
-use crate::common::{mount_with, must_run, python, s, text};
+use crate::common::{mount_with, python, root_or_skip, s, text};
 use crate::differential::Tmpfs;
 
 /// The steps, run in the directory given as argv[1] (as root). Users 1000 and 2000 have
@@ -321,18 +321,6 @@ print(f"  left: {left('p/sd')}")
 /// Runs [`STEPS`] in `dir`; returns its output.
 fn run_steps(dir: &Path) -> String {
     text(&python(dir, STEPS, &["."]).stdout)
-}
-
-/// True if this process may switch users (root); otherwise prints why the test is skipped,
-/// or fails under CI=true.
-fn root_or_skip() -> bool {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(!must_run(), "CI=true but not root: the steps switch users");
-    eprintln!("SKIPPED: not root, and the steps switch users");
-    false
 }
 
 #[test]
