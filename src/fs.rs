@@ -41,6 +41,11 @@ const SUID_SGID: u16 = SUID | SGID;
 /// The extended attribute that holds a file's capabilities: writes and chowns remove it.
 const CAPABILITY_XATTR: &str = "security.capability";
 
+/// Whether permission bits `perm` let owner, group and others all search (execute).
+pub fn all_may_search(perm: u16) -> bool {
+    perm & 0o111 == 0o111
+}
+
 /// Inode number of the root directory.
 pub const ROOT: u64 = 1;
 /// Longest name in a directory, in bytes.
@@ -1184,7 +1189,7 @@ impl Fs {
             let Some(n) = s.nodes.get(&ino) else {
                 return false;
             };
-            if n.perm & 0o111 != 0o111 {
+            if !all_may_search(n.perm) {
                 return false;
             }
             match &n.body {

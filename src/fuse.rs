@@ -725,8 +725,7 @@ impl Filesystem for RawFs {
                 // holds must not outlive the chmod (see `names`).
                 if let Ok(a) = &r
                     && mode.is_some()
-                    && a.kind == Kind::Dir
-                    && a.perm & 0o111 != 0o111
+                    && self.names.must_forget_after_chmod(a)
                 {
                     self.names.forget_all();
                 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use log::warn;
 
-use crate::fs::Fs;
+use crate::fs::{Attr, Fs, Kind, all_may_search};
 
 /// How long names and attributes live in the kernel with `--cache`.
 const CACHED_TTL: Duration = Duration::from_secs(1);
@@ -146,6 +146,12 @@ impl Names {
     /// where it no longer may: the caller then makes the kernel forget all names.
     pub fn must_forget_under(&self, fs: &Fs, parent: u64) -> bool {
         self.guard == Guard::Tree && !fs.searchable_by_all(parent)
+    }
+
+    /// Whether a chmod that left directory attributes `a` may have taken search permission
+    /// from someone below it: the caller then makes the kernel forget all names.
+    pub fn must_forget_after_chmod(&self, a: &Attr) -> bool {
+        self.guard == Guard::Tree && a.kind == Kind::Dir && !all_may_search(a.perm)
     }
 
     /// Makes the kernel forget every name it holds; the next walk through each looks it up

@@ -876,7 +876,7 @@ fn collect(lanes: &Lanes, store: &Store, clock: &Clock, mut file: Option<BufWrit
             if closing {
                 break;
             }
-            // Idle: make what was written visible, then back off.
+            // Idle: make what was written visible, then wait.
             flush(&mut file, store);
             store.idle(POLL);
             continue;
