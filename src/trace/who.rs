@@ -199,7 +199,14 @@ mod tests {
         let other = std::thread::spawn(|| unsafe { libc::gettid() } as u32)
             .join()
             .unwrap();
-        // The thread has exited: its tid is unknown now (or reused by another process).
+        // The thread has exited: its tid is unknown now (or reused by another process). A
+        // join returns when the thread clears its tid, a little before the kernel removes it
+        // from /proc: wait for that.
+        let task = format!("/proc/self/task/{other}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&task).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert_ne!(cache.lookup(other).pid, std::process::id());
         assert_eq!(cache.lookup(0).pid, 0);
     }
