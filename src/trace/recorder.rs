@@ -242,7 +242,8 @@ impl Store {
     ///
     /// A request is answered between [`Recorder::stop`], which puts its sequence number in
     /// its lane's `answering` list, and [`Recorder::finish`], which writes its record to the
-    /// lane (counting it in `written`) and then takes the number off the list. So: first wait
+    /// lane (counting it in `written`) and takes the number off the list under the same
+    /// lock. So: first wait
     /// until the numbers on the lists now have left them (microseconds: the answer is being
     /// written to the kernel), then until the collector has stored as many records of each
     /// lane as had been written to it.
@@ -251,11 +252,11 @@ impl Store {
         let lanes = &self.lanes.lanes;
         let mut answering: Vec<(usize, u64)> = Vec::new();
         for (i, lane) in lanes.iter().enumerate() {
-            answering.extend(lane.answering().iter().map(|&seq| (i, seq)));
+            answering.extend(lane.lock().answering.iter().map(|&seq| (i, seq)));
         }
         let mut spins = 0u32;
         while !answering.is_empty() {
-            answering.retain(|&(i, seq)| lanes[i].answering().contains(&seq));
+            answering.retain(|&(i, seq)| lanes[i].lock().answering.contains(&seq));
             if answering.is_empty() || self.lock().closed {
                 break;
             }
@@ -502,7 +503,7 @@ struct Lanes {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Lane {
-    events: Mutex<LaneBuf>,
+    events: Mutex<LaneState>,
     /// Signalled when the collector has emptied a full lane (overflow policy `wait`).
     room: Condvar,
     /// A request waits on `room`.
@@ -510,11 +511,28 @@ struct Lane {
     /// Where the lane's next record will probably be written: a hint for [`Lane::prefetch`],
     /// never dereferenced.
     next: AtomicUsize,
-    /// Sequence numbers of the requests being answered, from [`Recorder::stop`] until
-    /// [`Recorder::finish`] has written their record (or dropped it).
-    answering: Mutex<Vec<u64>>,
     /// Records written to the lane since the start (under the `events` lock).
     written: AtomicU64,
+}
+
+/// What a lane's lock guards.
+#[derive(Debug, Default)]
+struct LaneState {
+    /// The records written to the lane, which the collector swaps for an empty buffer.
+    buf: LaneBuf,
+    /// Sequence numbers of the requests being answered, from [`Recorder::stop`] until
+    /// [`Recorder::finish`] has written their record (or dropped it). Under the same lock
+    /// as the records, so that a request leaves the list in the same step as its record
+    /// enters the lane: one lock per finish.
+    answering: Vec<u64>,
+}
+
+impl LaneState {
+    fn answered(&mut self, seq: u64) {
+        if let Some(i) = self.answering.iter().position(|&s| s == seq) {
+            self.answering.swap_remove(i);
+        }
+    }
 }
 
 /// Records a lane holds, one after another.
@@ -540,12 +558,8 @@ impl Lane {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, LaneBuf> {
+    fn lock(&self) -> MutexGuard<'_, LaneState> {
         self.events.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn answering(&self) -> MutexGuard<'_, Vec<u64>> {
-        self.answering.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -708,7 +722,7 @@ impl Recorder {
     pub fn stop(&self, p: &mut Pending) {
         if self.end(p) {
             let lane = lane_index();
-            self.lanes.lanes[lane].answering().push(p.event.seq);
+            self.lanes.lanes[lane].lock().answering.push(p.event.seq);
             p.answering = Some(lane);
         }
     }
@@ -727,22 +741,27 @@ impl Recorder {
     /// [`Recorder::stop`] stopped it before.
     pub fn finish(&self, p: &mut Pending) {
         self.end(p);
-        self.hand_over(p);
-        // After the record is in the lane (and counted in `written`), or dropped.
-        if let Some(lane) = p.answering.take() {
-            let mut answering = self.lanes.lanes[lane].answering();
-            if let Some(i) = answering.iter().position(|&s| s == p.event.seq) {
-                answering.swap_remove(i);
+        let here = lane_index();
+        let written = self.hand_over(here, p);
+        // Off the answering list once the record is in the lane (and counted in `written`),
+        // or dropped; under the lock it was written under, if that is the list's lane.
+        let seq = p.event.seq;
+        match (p.answering.take(), written) {
+            (Some(lane), Some(mut q)) if lane == here => q.answered(seq),
+            (Some(lane), q) => {
+                drop(q);
+                self.lanes.lanes[lane].lock().answered(seq);
             }
+            (None, _) => {}
         }
     }
 
-    /// Writes the event's record to the calling thread's lane, or drops it (overflow policy
-    /// `drop`, lane full).
-    fn hand_over(&self, p: &Pending) {
-        let lane = &self.lanes.lanes[lane_index()];
+    /// Writes the event's record to lane `here` (the calling thread's) and returns the
+    /// lane's lock, still held; or drops the event (overflow policy `drop`, lane full).
+    fn hand_over(&self, here: usize, p: &Pending) -> Option<MutexGuard<'_, LaneState>> {
+        let lane = &self.lanes.lanes[here];
         let mut q = lane.lock();
-        if q.count >= LANE_CAPACITY {
+        if q.buf.count >= LANE_CAPACITY {
             match self.overflow {
                 Overflow::Drop => {
                     drop(q);
@@ -759,13 +778,15 @@ impl Recorder {
                     gap.dropped += 1;
                     gap.first_seq = gap.first_seq.min(seq);
                     gap.last_seq = gap.last_seq.max(seq);
-                    return;
+                    return None;
                 }
                 Overflow::Wait => {
                     drop(q);
                     self.store.wake_collector();
                     q = lane.lock();
-                    while q.count >= LANE_CAPACITY && !self.lanes.closing.load(Ordering::Acquire) {
+                    while q.buf.count >= LANE_CAPACITY
+                        && !self.lanes.closing.load(Ordering::Acquire)
+                    {
                         lane.waiting.store(true, Ordering::Release);
                         q = lane
                             .room
@@ -776,11 +797,12 @@ impl Recorder {
                 }
             }
         }
-        record::encode(&p.event, p.errno, &mut q.bytes);
-        q.count += 1;
+        record::encode(&p.event, p.errno, &mut q.buf.bytes);
+        q.buf.count += 1;
         lane.written.fetch_add(1, Ordering::Release);
-        let end = q.bytes.as_ptr() as usize + q.bytes.len();
+        let end = q.buf.bytes.as_ptr() as usize + q.buf.bytes.len();
         lane.next.store(end, Ordering::Relaxed);
+        Some(q)
     }
 }
 
@@ -860,11 +882,11 @@ fn collect(lanes: &Lanes, store: &Store, clock: &Clock, mut file: Option<BufWrit
         let mut backlog = false;
         for ((lane, mine), n) in lanes.lanes.iter().zip(taken.iter_mut()).zip(&mut counts) {
             let mut q = lane.lock();
-            *n = q.count;
-            if q.count == 0 {
+            *n = q.buf.count;
+            if q.buf.count == 0 {
                 continue;
             }
-            std::mem::swap(&mut *q, mine);
+            std::mem::swap(&mut q.buf, mine);
             drop(q);
             any = true;
             backlog |= mine.count >= LANE_CAPACITY / 2;
