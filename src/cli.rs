@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use log::warn;
 
 use crate::fuse::CacheMode;
+use crate::fuse::reserve::Serving;
 use crate::harness::TempMount;
 use crate::mount::{self, MountConfig, Mounted};
 use crate::registry::{self, Entry};
@@ -183,16 +184,18 @@ struct MountArgs {
     threads: u16,
     /// Of those, the threads waiting for requests while no request is delayed or held (the
     /// others wait for such requests): one answers a single caller fastest, more serve several
-    /// callers on more CPUs at once.
-    #[arg(long, value_name = "N", default_value_t = 1,
+    /// callers on more CPUs at once. Default: 1, or all threads on a virtual machine whose
+    /// idle CPUs halt at once (docs/mounting.md).
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256))]
-    readers: u16,
+    readers: Option<u16>,
     /// Microseconds a reader polls for the next request after answering one, before it
     /// blocks; 0: it blocks at once. Polling saves waking a thread on an idle CPU, which on a
-    /// virtual machine costs more than the request; it costs CPU time only while requests come.
-    #[arg(long, value_name = "US", default_value_t = 50,
+    /// virtual machine costs more than the request; it costs CPU time only while requests
+    /// come. Default: 50, or 0 on a virtual machine whose idle CPUs halt at once.
+    #[arg(long, value_name = "US",
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
-    poll_us: u32,
+    poll_us: Option<u32>,
     /// Also write every request to FILE as it happens, as JSON Lines (see docs/trace.md).
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
@@ -238,10 +241,10 @@ impl MountArgs {
         if self.trace.is_some() && self.trace_capacity == 0 {
             return Err("--trace FILE needs recording on; drop --trace-capacity 0".into());
         }
-        if self.readers > self.threads {
+        if let Some(readers) = self.readers.filter(|&r| r > self.threads) {
             return Err(format!(
-                "--readers {} is more than --threads {}: readers are some of the threads",
-                self.readers, self.threads
+                "--readers {readers} is more than --threads {}: readers are some of the threads",
+                self.threads
             ));
         }
         Ok(())
@@ -260,6 +263,7 @@ fn parse_overflow(s: &str) -> Result<Overflow, String> {
 
 impl MountArgs {
     fn config(&self) -> MountConfig {
+        let serving = Serving::for_this_machine(self.threads.into());
         MountConfig {
             cache: if self.cache {
                 CacheMode::Cached
@@ -268,8 +272,10 @@ impl MountArgs {
             },
             size: self.size,
             threads: self.threads.into(),
-            readers: self.readers.into(),
-            poll: std::time::Duration::from_micros(self.poll_us.into()),
+            readers: self.readers.map_or(serving.readers, usize::from),
+            poll: self
+                .poll_us
+                .map_or(serving.poll, |us| Duration::from_micros(us.into())),
             trace: TraceConfig {
                 capacity: self.trace_capacity,
                 file: self
@@ -290,10 +296,14 @@ impl MountArgs {
 
     fn to_args(&self) -> Vec<OsString> {
         let mut a: Vec<OsString> = vec!["--threads".into(), self.threads.to_string().into()];
-        a.push("--readers".into());
-        a.push(self.readers.to_string().into());
-        a.push("--poll-us".into());
-        a.push(self.poll_us.to_string().into());
+        if let Some(r) = self.readers {
+            a.push("--readers".into());
+            a.push(r.to_string().into());
+        }
+        if let Some(us) = self.poll_us {
+            a.push("--poll-us".into());
+            a.push(us.to_string().into());
+        }
         if let Some(s) = self.size {
             a.push("--size".into());
             a.push(s.to_string().into());

@@ -21,11 +21,9 @@ use crate::fs::durable::Model;
 use crate::fs::{Fs, FsOptions};
 use crate::fuse::names::{self, Names};
 use crate::fuse::power::Power;
+use crate::fuse::reserve::Serving;
 use crate::fuse::{CacheMode, RawFs};
 use crate::trace::recorder::{Recorder, Store, TraceConfig};
-
-/// How long a reader polls for the next request by default ([`MountConfig::poll`]).
-pub const DEFAULT_POLL: Duration = Duration::from_micros(50);
 
 /// What a mount looks like; the same from the CLI and from the library.
 #[derive(Clone, Debug)]
@@ -37,12 +35,14 @@ pub struct MountConfig {
     /// Threads serving requests.
     pub threads: usize,
     /// Of those, the threads that wait for the kernel's requests while no request is delayed
-    /// or held; the others wait in reserve for such requests (default 1: on a small machine,
-    /// one thread answers a caller fastest; more serve several callers on more CPUs at once).
+    /// or held; the others wait in reserve for such requests. Default: 1 (one thread answers
+    /// a caller fastest; more serve several callers on more CPUs at once), or all of them on
+    /// a virtual machine whose idle CPUs halt at once ([`Serving::for_this_machine`]).
     pub readers: usize,
     /// How long a reader polls for the next request after answering one before it blocks
-    /// (default 50 µs; zero: it blocks at once). Waking a thread on an idle CPU costs more
-    /// than a request on a virtual machine; polling costs CPU time only while requests come.
+    /// (zero: it blocks at once). Default: 50 µs, or zero where idle CPUs halt at once.
+    /// Waking a thread on an idle CPU costs more than a request on a virtual machine;
+    /// polling costs CPU time only while requests come.
     pub poll: Duration,
     /// What the trace keeps and where it writes.
     pub trace: TraceConfig,
@@ -57,12 +57,14 @@ pub struct MountConfig {
 
 impl Default for MountConfig {
     fn default() -> Self {
+        let threads = 4;
+        let serving = Serving::for_this_machine(threads);
         MountConfig {
             cache: CacheMode::Direct,
             size: None,
-            threads: 4,
-            readers: 1,
-            poll: DEFAULT_POLL,
+            threads,
+            readers: serving.readers,
+            poll: serving.poll,
             trace: TraceConfig::default(),
             faults: Vec::new(),
             model: Model::default(),
@@ -331,11 +333,13 @@ impl Mounted {
             }
         };
         info!(
-            "mounted rawfs on {} ({:?}, {}, {} threads)",
+            "mounted rawfs on {} ({:?}, {}, {} threads, {} reading, polling {} µs)",
             mountpoint.display(),
             config.cache,
             names.guard(),
-            config.threads
+            config.threads,
+            config.readers.clamp(1, config.threads.max(1)),
+            config.poll.as_micros()
         );
         let trimmer = Trimmer::start(&fs);
         Ok(Mounted {

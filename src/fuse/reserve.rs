@@ -13,6 +13,9 @@
 //! in between; cloned /dev/fuse descriptors per thread (fuser's `clone_fd`) changed nothing,
 //! as all of them read the same kernel queue.
 //!
+//! Except where idle CPUs halt at once: there all threads read and none polls (see
+//! [`Serving::for_this_machine`]).
+//!
 //! A parked thread has answered its request; it is not inside the kernel, so it is called
 //! back explicitly: by a request about to block, or when a session thread ends (the session
 //! is over, and the parked ones must go back to the kernel to learn it and exit). Only a
@@ -43,6 +46,63 @@ use std::time::{Duration, Instant};
 
 /// The longest a thread stays parked without being called back.
 pub const PARK_LIMIT: Duration = Duration::from_secs(1);
+
+/// How long a reader polls by default where polling pays ([`Serving::for_this_machine`]).
+pub const DEFAULT_POLL: Duration = Duration::from_micros(50);
+
+/// How a mount's session threads wait for requests: how many read at once, and how long a
+/// reader polls after answering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Serving {
+    /// Threads waiting for requests while none is blocked.
+    pub readers: usize,
+    /// How long a reader polls for the next request after answering one.
+    pub poll: Duration,
+}
+
+impl Serving {
+    /// What serves one caller fastest here, out of `threads` threads.
+    ///
+    /// Mostly one polling reader. But on a virtual machine whose idle CPUs halt at once (the
+    /// guest's cpuidle driver is haltpoll, with `guest_halt_poll_ns` 0), a polling reader
+    /// keeps its own CPU awake, so the program's next wake-up lands on the other, halted CPU
+    /// after every request; readers that block let the kernel wake them where the program
+    /// runs. Measured on 2 such CPUs (mdbench, interleaved rounds of 1000 files, recording
+    /// on): all four threads reading and none polling made creates, stats and unlinks
+    /// 1.12-1.22x, 1.31-1.41x and 1.07-1.08x as fast as one polling reader (two runs of 60
+    /// and 90 rounds); with idle CPUs polling 200 µs before they halt, one polling reader
+    /// was 2.1x, 1.25x and 1.85x as fast as four blocking ones.
+    pub fn for_this_machine(threads: usize) -> Serving {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let halts = halts_at_once(
+            &read("/sys/devices/system/cpu/cpuidle/current_driver"),
+            &read("/sys/module/haltpoll/parameters/guest_halt_poll_ns"),
+        );
+        Serving::for_idle_cpus(threads, halts)
+    }
+
+    /// [`Serving::for_this_machine`], given whether idle CPUs halt at once.
+    pub fn for_idle_cpus(threads: usize, halt_at_once: bool) -> Serving {
+        if halt_at_once {
+            Serving {
+                readers: threads.max(1),
+                poll: Duration::ZERO,
+            }
+        } else {
+            Serving {
+                readers: 1,
+                poll: DEFAULT_POLL,
+            }
+        }
+    }
+}
+
+/// True if the cpuidle driver (`/sys/devices/system/cpu/cpuidle/current_driver`) and the
+/// guest's halt polling (`/sys/module/haltpoll/parameters/guest_halt_poll_ns`) say that an
+/// idle CPU halts at once.
+fn halts_at_once(driver: &str, halt_poll_ns: &str) -> bool {
+    driver.trim() == "haltpoll" && halt_poll_ns.trim() == "0"
+}
 
 /// The session threads of one mount.
 #[derive(Debug)]
@@ -440,6 +500,22 @@ mod tests {
                 std::io::Error::last_os_error()
             );
         }
+    }
+
+    #[test]
+    fn readers_block_where_idle_cpus_halt_at_once_and_one_polls_elsewhere() {
+        assert!(halts_at_once("haltpoll\n", "0\n"));
+        assert!(!halts_at_once("haltpoll\n", "200000\n"));
+        assert!(!halts_at_once("intel_idle\n", ""));
+        assert!(!halts_at_once("", ""));
+        let halting = Serving::for_idle_cpus(4, true);
+        assert_eq!((halting.readers, halting.poll), (4, Duration::ZERO));
+        let polling = Serving::for_idle_cpus(4, false);
+        assert_eq!((polling.readers, polling.poll), (1, DEFAULT_POLL));
+        let here = Serving::for_this_machine(3);
+        assert!(
+            here == Serving::for_idle_cpus(3, true) || here == Serving::for_idle_cpus(3, false)
+        );
     }
 
     #[test]
