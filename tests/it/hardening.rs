@@ -434,7 +434,20 @@ fn a_flood_of_control_connections_is_bounded_and_leaves_no_memory_behind() {
     let s = Scene::new();
     let pid = s.daemon(&s.mp, &[]);
     let sock = s.pid_file(&s.mp).with_extension("sock");
-    let (threads_before, rss_before) = (threads(pid), vm_rss_kib(pid));
+    // The daemon starts some of its threads after it says it is ready: count them once they
+    // are all there (a request served and a status answered, and no change for 100 ms).
+    fs::metadata(&s.mp).expect("stat the mount");
+    assert_success(&s.run(&[os("status"), s.mp.as_os_str()]), "rawfs status");
+    let mut threads_before = threads(pid);
+    let mut stable = 0;
+    wait_until(QUICK, "the daemon's threads settle", || {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = threads(pid);
+        stable = if now == threads_before { stable + 1 } else { 0 };
+        threads_before = now;
+        stable >= 10
+    });
+    let rss_before = vm_rss_kib(pid);
     let mut conns = Vec::new();
     for _ in 0..1000 {
         let mut c = UnixStream::connect(&sock).expect("connect");
