@@ -184,7 +184,7 @@ struct MountArgs {
     threads: u16,
     /// Of those, the threads waiting for requests while no request is delayed or held (the
     /// others wait for such requests): one answers a single caller fastest, more serve several
-    /// callers on more CPUs at once. Default: 1, or all threads on a virtual machine whose
+    /// callers on more CPUs at once. Default: 1, or 2 on a virtual machine whose
     /// idle CPUs halt at once (docs/mounting.md).
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256))]

@@ -36,7 +36,7 @@ pub struct MountConfig {
     pub threads: usize,
     /// Of those, the threads that wait for the kernel's requests while no request is delayed
     /// or held; the others wait in reserve for such requests. Default: 1 (one thread answers
-    /// a caller fastest; more serve several callers on more CPUs at once), or all of them on
+    /// a caller fastest; more serve several callers on more CPUs at once), or 2 on
     /// a virtual machine whose idle CPUs halt at once ([`Serving::for_this_machine`]).
     pub readers: usize,
     /// How long a reader polls for the next request after answering one before it blocks

@@ -13,7 +13,7 @@
 //! in between; cloned /dev/fuse descriptors per thread (fuser's `clone_fd`) changed nothing,
 //! as all of them read the same kernel queue.
 //!
-//! Except where idle CPUs halt at once: there all threads read and none polls (see
+//! Except where idle CPUs halt at once: there two threads read and none polls (see
 //! [`Serving::for_this_machine`]).
 //!
 //! A parked thread has answered its request; it is not inside the kernel, so it is called
@@ -66,12 +66,14 @@ impl Serving {
     /// Mostly one polling reader. But on a virtual machine whose idle CPUs halt at once (the
     /// guest's cpuidle driver is haltpoll, with `guest_halt_poll_ns` 0), a polling reader
     /// keeps its own CPU awake, so the program's next wake-up lands on the other, halted CPU
-    /// after every request; readers that block let the kernel wake them where the program
-    /// runs. Measured on 2 such CPUs (mdbench, interleaved rounds of 1000 files, recording
-    /// on): all four threads reading and none polling made creates, stats and unlinks
-    /// 1.12-1.22x, 1.31-1.41x and 1.07-1.08x as fast as one polling reader (two runs of 60
-    /// and 90 rounds); with idle CPUs polling 200 µs before they halt, one polling reader
-    /// was 2.1x, 1.25x and 1.85x as fast as four blocking ones.
+    /// after every request; there two readers that block serve best: while one answers, the
+    /// other waits to be woken where the program runs. Measured on 2 such CPUs (mdbench,
+    /// interleaved rounds of 1000 files, recording on), two blocking readers made creates,
+    /// stats and unlinks 1.20x, 1.48x and 1.41x as fast as four (90 rounds), 1.05x, 1.87x
+    /// and 1.80x as fast as three and 1.9x, 5.3x and 2.2x as fast as one (60 rounds each);
+    /// four blocking readers had been 1.12-1.25x, 1.31-1.43x and 1.07-1.08x as fast as one
+    /// polling reader (three runs). With idle CPUs polling 200 µs before they halt, one
+    /// polling reader was 1.4x, 1.3x and 1.5x as fast as two blocking ones.
     pub fn for_this_machine(threads: usize) -> Serving {
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         let halts = halts_at_once(
@@ -85,7 +87,7 @@ impl Serving {
     pub fn for_idle_cpus(threads: usize, halt_at_once: bool) -> Serving {
         if halt_at_once {
             Serving {
-                readers: threads.max(1),
+                readers: threads.clamp(1, 2),
                 poll: Duration::ZERO,
             }
         } else {
@@ -509,7 +511,8 @@ mod tests {
         assert!(!halts_at_once("intel_idle\n", ""));
         assert!(!halts_at_once("", ""));
         let halting = Serving::for_idle_cpus(4, true);
-        assert_eq!((halting.readers, halting.poll), (4, Duration::ZERO));
+        assert_eq!((halting.readers, halting.poll), (2, Duration::ZERO));
+        assert_eq!(Serving::for_idle_cpus(1, true).readers, 1);
         let polling = Serving::for_idle_cpus(4, false);
         assert_eq!((polling.readers, polling.poll), (1, DEFAULT_POLL));
         let here = Serving::for_this_machine(3);
