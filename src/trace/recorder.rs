@@ -243,10 +243,9 @@ impl Store {
     /// A request is answered between [`Recorder::stop`], which puts its sequence number in
     /// its lane's `answering` list, and [`Recorder::finish`], which writes its record to the
     /// lane (counting it in `written`) and takes the number off the list under the same
-    /// lock. So: first wait
-    /// until the numbers on the lists now have left them (microseconds: the answer is being
-    /// written to the kernel), then until the collector has stored as many records of each
-    /// lane as had been written to it.
+    /// lock. So: first wait until the numbers on the lists now have left them (microseconds:
+    /// the answer is being written to the kernel), then until the collector has stored as
+    /// many records of each lane as had been written to it.
     pub fn sync(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let lanes = &self.lanes.lanes;
