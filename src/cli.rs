@@ -183,9 +183,9 @@ struct MountArgs {
           value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
     /// Of those, the threads waiting for requests while no request is delayed or held (the
-    /// others wait for such requests): one answers a single caller fastest, more serve several
-    /// callers on more CPUs at once. Default: 1, or 2 on a virtual machine whose
-    /// idle CPUs halt at once (docs/mounting.md).
+    /// others wait for such requests). Default: 1, polling, which answers a single caller
+    /// fastest; or 2, blocking, on a virtual machine whose idle CPUs halt at once
+    /// (docs/mounting.md). More serve several callers on more CPUs at once.
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     readers: Option<u16>,
