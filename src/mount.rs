@@ -332,14 +332,15 @@ impl Mounted {
                 None
             }
         };
+        let serving = reserve.serving();
         info!(
             "mounted rawfs on {} ({:?}, {}, {} threads, {} reading, polling {} µs)",
             mountpoint.display(),
             config.cache,
             names.guard(),
             config.threads,
-            config.readers.clamp(1, config.threads.max(1)),
-            config.poll.as_micros()
+            serving.readers,
+            serving.poll.as_micros()
         );
         let trimmer = Trimmer::start(&fs);
         Ok(Mounted {

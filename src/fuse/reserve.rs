@@ -215,6 +215,14 @@ impl Reserve {
         })
     }
 
+    /// How the threads wait for requests: the readers as clamped to the threads, and the poll.
+    pub fn serving(&self) -> Serving {
+        Serving {
+            readers: self.lock().readers,
+            poll: self.poll,
+        }
+    }
+
     /// The session's /dev/fuse descriptor, which readers poll: it must stay open while the
     /// session's threads serve requests (the session holds it).
     pub fn set_device(&self, fd: RawFd) {
