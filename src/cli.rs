@@ -26,8 +26,8 @@ use crate::units::parse_size;
 
 /// rawfs: an in-memory file system over FUSE for testing raw I/O semantics.
 ///
-/// Every request the kernel sends reaches rawfs (no caching unless --cache), so what a
-/// program does to its files is exactly what rawfs sees.
+/// Every stat, read and write reaches rawfs (no caching unless --cache), so what a program
+/// does to its files is exactly what rawfs sees.
 #[derive(Parser, Debug)]
 #[command(name = "rawfs", version, propagate_version = true)]
 pub struct Cli {
@@ -174,8 +174,8 @@ struct MountArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     size: Option<u64>,
     /// Let the kernel cache: page cache for file data and 1 s TTLs for attributes and for
-    /// names in directories anyone may search (docs/behaviour.md). Faster, but reads and writes reach rawfs page by page or not at all, and cached
-    /// lookups and stats are not seen.
+    /// names in directories anyone may search (docs/behaviour.md). Faster, but reads and
+    /// writes reach rawfs page by page or not at all, and cached stats are not seen.
     #[arg(long)]
     cache: bool,
     /// Threads serving requests.

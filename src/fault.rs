@@ -9,8 +9,9 @@
 pub mod hold;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -541,9 +542,22 @@ impl Compiled {
 pub struct Faults {
     rules: RwLock<RuleSet>,
     count: AtomicUsize,
+    /// The operations some rule matches (bits as in [`op_bit`]).
+    ops: AtomicU64,
     next_id: AtomicU64,
     /// Requests held by `hold` rules.
     pub holds: hold::Holds,
+    /// Called once rules that may match lookups are in place.
+    on_lookup_rules: OnceLock<LookupHook>,
+}
+
+/// What [`Faults::on_lookup_rules`] calls.
+struct LookupHook(Box<dyn Fn() + Send + Sync>);
+
+impl fmt::Debug for LookupHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LookupHook")
+    }
 }
 
 /// The rules in the order they are tried, indexed by the directory their path glob names
@@ -558,6 +572,11 @@ struct RuleSet {
 }
 
 impl RuleSet {
+    /// The operations some rule matches.
+    fn ops(&self) -> u64 {
+        self.list.iter().fold(0, |all, r| all | r.ops)
+    }
+
     fn reindex(&mut self) {
         self.by_dir.clear();
         self.always.clear();
@@ -596,6 +615,18 @@ impl Faults {
         self.count.load(Ordering::Relaxed) > 0
     }
 
+    /// True if some installed rule may match requests of `op`.
+    pub fn may_match(&self, op: Op) -> bool {
+        self.ops.load(Ordering::Acquire) & op_bit(op) != 0
+    }
+
+    /// Has `hook` called whenever rules that may match lookups have been added: the mount
+    /// makes the kernel forget the names it keeps, which walks would otherwise pass through
+    /// without a lookup for the rules to meet. Only the first hook set is kept.
+    pub fn on_lookup_rules(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_lookup_rules.set(LookupHook(Box::new(hook)));
+    }
+
     /// Checks and adds rules, all or none; returns their ids.
     pub fn add(&self, rules: Vec<Rule>) -> Result<Vec<u64>, String> {
         // Ids are handed out under the lock and only to rules that are added: a refused
@@ -616,9 +647,15 @@ impl Faults {
         self.next_id
             .fetch_add(compiled.len() as u64, Ordering::Relaxed);
         let ids = compiled.iter().map(|c| c.id).collect();
+        let lookups = compiled.iter().any(|c| c.ops & op_bit(Op::Lookup) != 0);
         list.list.extend(compiled);
         list.reindex();
         self.count.store(list.list.len(), Ordering::Relaxed);
+        self.ops.store(list.ops(), Ordering::Release);
+        drop(list);
+        if let (true, Some(hook)) = (lookups, self.on_lookup_rules.get()) {
+            (hook.0)();
+        }
         Ok(ids)
     }
 
@@ -633,6 +670,7 @@ impl Faults {
         rules.list.retain(|r| !ids.contains(&r.id));
         rules.reindex();
         self.count.store(rules.list.len(), Ordering::Relaxed);
+        self.ops.store(rules.ops(), Ordering::Release);
         drop(rules);
         for id in ids {
             self.holds.release_rule(*id);
@@ -647,6 +685,7 @@ impl Faults {
         rules.list.clear();
         rules.reindex();
         self.count.store(0, Ordering::Relaxed);
+        self.ops.store(0, Ordering::Release);
         drop(rules);
         self.holds.release_all();
         n

@@ -507,12 +507,19 @@ impl RawFs {
         }
     }
 
+    /// How long the kernel may keep a name in directory `parent`: none while a fault rule
+    /// may match lookups.
+    fn entry_ttl(&self, parent: u64) -> Duration {
+        let looked_up = self.faults.may_match(Op::Lookup);
+        self.names.entry_ttl(&self.fs, parent, looked_up)
+    }
+
     /// Answers with a name in directory `parent`.
     fn entry(&self, parent: u64, r: Result<Attr, Errno>, reply: ReplyEntry) {
         match r {
             Ok(a) => reply.entry_with_ttls(
                 &self.names.attr_ttl(),
-                &self.names.entry_ttl(&self.fs, parent),
+                &self.entry_ttl(parent),
                 &file_attr(&a),
                 Generation(0),
             ),
@@ -1300,10 +1307,10 @@ impl Filesystem for RawFs {
                 e.out_fh = Some(*fh);
             },
             |r| match r {
-                // One lifetime for the name and the attributes: the name's, which is either
-                // the attributes' or none.
+                // One lifetime for the name and the attributes: the shorter (in the default
+                // mode none, as every stat must reach the tree).
                 Ok((a, fh)) => reply.created(
-                    &self.names.entry_ttl(&self.fs, p),
+                    &self.entry_ttl(p).min(self.names.attr_ttl()),
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(fh),

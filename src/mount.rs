@@ -237,16 +237,16 @@ impl Mounted {
         // and capabilities read from /proc when they decide (src/fs/perm.rs). With the
         // kernel's own checks (`default_permissions`) the kernel would first ask for the
         // attributes of every directory on a path, a getattr per directory per syscall at
-        // zero timeouts. With --cache the kernel skips the lookups of names it holds: the
+        // zero timeouts. The kernel keeps names and skips the lookups of those it holds: the
         // tree then hands out names with a lifetime only where anyone may walk, and makes
         // the kernel forget them when that changes (src/fuse/names.rs), which needs Linux
-        // 6.16; on older kernels the kernel checks search permission itself.
+        // 6.16; on older kernels the default mode keeps no names and --cache leaves search
+        // permission to the kernel.
         let cached = config.cache == CacheMode::Cached;
-        let kernel_checks = cached && !names::kernel_forgets_names();
-        if kernel_checks {
+        let names = Arc::new(Names::new(cached, names::kernel_forgets_names()));
+        if names.kernel_checks() {
             options.push(MountOption::DefaultPermissions);
         }
-        let names = Arc::new(Names::new(cached, kernel_checks));
         // Device nodes and setuid bits behave as on tmpfs.
         options.push(MountOption::Dev);
         options.push(MountOption::Suid);
@@ -271,6 +271,9 @@ impl Mounted {
         faults
             .add(config.faults.clone())
             .map_err(|e| MountError(format!("bad fault rule: {e}")))?;
+        // Names the kernel keeps would let walks pass a new lookup rule by.
+        let forget = names.clone();
+        faults.on_lookup_rules(move || forget.forget_all());
         let unrecorded = Arc::new(AtomicU64::new(0));
         let abs = crate::registry::absolute(mountpoint).unwrap_or(mountpoint.to_path_buf());
         let mut power = Power::new(fs.clone(), names.clone(), recorder.clone(), &abs);

@@ -1,25 +1,35 @@
 //! How long the kernel may keep the names and attributes it learns, and how it is told to
 //! forget names when search permission goes away.
 //!
-//! In the default mode nothing is kept: every walk looks every name up, and the tree checks
-//! search permission on each directory as it answers. With `--cache` the kernel keeps names
-//! (dentries) for a second and walks through them without asking anyone, so nothing would
-//! check search permission on the way. The kernel's own checks (`default_permissions`) would,
-//! but they need the directory's attributes, which the kernel drops after every create and
-//! unlink in it: a getattr of the parent on every create and unlink that the program never
-//! asked for. Instead, a name is handed out with a lifetime only where any caller could walk
-//! to it: in a directory that everyone may search, below directories everyone may search
-//! ([`Fs::searchable_by_all`]). Other names live for no time and are looked up on every walk,
-//! where the tree checks the caller. When a change takes search permission away from someone
-//! (a chmod of a directory that leaves an execute bit off, a rename into a directory where
-//! names live for no time, a crash), the kernel is told to forget every name it holds before
-//! the change's reply goes out (`FUSE_NOTIFY_INC_EPOCH`, Linux 6.16): the notification takes
-//! no lock, so it cannot wait for the very request it comes from, and once the syscall
-//! returns, no walk goes through a name from before it. A lookup the kernel started before the
-//! notification is stale even if its answer arrives after it.
+//! Without names it may keep, the kernel looks up every name on a path on every walk: a
+//! `stat("d/f")` is a lookup of `d`, a lookup of `f` and a getattr, though only the getattr is
+//! what the program asked for. So the kernel keeps names (dentries) for a second, in both
+//! modes, and walks through them without asking anyone. The default mode keeps no attributes
+//! (every stat still reaches the tree) and `--cache` keeps them for a second too. Lookups the
+//! program causes still arrive: a name the kernel does not know (a failed lookup is never
+//! kept), and an exclusive create or mkdir of a name it knows (the kernel looks it up again
+//! before it answers EEXIST).
 //!
-//! A kernel older than 6.16 cannot forget names that way: there `--cache` keeps
-//! `default_permissions` ([`kernel_forgets_names`] decides before the mount).
+//! Walking through kept names, nothing checks search permission on the way. The kernel's own
+//! checks (`default_permissions`) would, but they need the directory's attributes, which the
+//! kernel drops after every create and unlink in it: a getattr of the parent on every create
+//! and unlink that the program never asked for. Instead, a name is handed out with a lifetime
+//! only where any caller could walk to it: in a directory that everyone may search, below
+//! directories everyone may search ([`Fs::searchable_by_all`]). Other names live for no time
+//! and are looked up on every walk, where the tree checks the caller. When a change takes
+//! search permission away from someone (a chmod of a directory that leaves an execute bit off,
+//! a rename into a directory where names live for no time, a crash), the kernel is told to
+//! forget every name it holds before the change's reply goes out (`FUSE_NOTIFY_INC_EPOCH`,
+//! Linux 6.16): the notification takes no lock, so it cannot wait for the very request it
+//! comes from, and once the syscall returns, no walk goes through a name from before it. A
+//! lookup the kernel started before the notification is stale even if its answer arrives after
+//! it. The same notification makes the kernel forget names when a fault rule that matches
+//! lookups is added: while one is installed, names live for no time, so that every walk meets
+//! the rule.
+//!
+//! A kernel older than 6.16 cannot forget names that way: there the default mode keeps no
+//! names, and `--cache` keeps `default_permissions` ([`kernel_forgets_names`] decides before
+//! the mount).
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
@@ -32,6 +42,11 @@ use crate::fs::{Attr, Fs, Kind, all_may_search};
 
 /// How long names and attributes live in the kernel with `--cache`.
 const CACHED_TTL: Duration = Duration::from_secs(1);
+/// How long names live in the kernel in the default mode. Every change that could make a
+/// name wrong or let it skip a check makes the kernel forget it, so the lifetime only bounds
+/// the damage of a change that did not; a long one keeps a slow program's trace free of
+/// lookups that come and go with the clock.
+const KEPT_TTL: Duration = Duration::from_secs(3600);
 /// The notification that makes the kernel forget every name it holds.
 const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
 /// The first protocol version with [`FUSE_NOTIFY_INC_EPOCH`] (7.44, Linux 6.16).
@@ -40,12 +55,12 @@ const EPOCH_MINOR: u32 = 44;
 /// Who guards search permission on cached names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Guard {
-    /// Nothing is cached (the default mode): every walk asks the tree.
+    /// No name is cached (the default mode on a kernel before 6.16): every walk asks the tree.
     Uncached,
     /// The kernel checks with `default_permissions`; names and attributes live [`CACHED_TTL`].
     Kernel,
-    /// The tree: names live [`CACHED_TTL`] only where anyone may walk to them, and the kernel
-    /// forgets them all when that changes.
+    /// The tree: names live (a second with `--cache`, an hour otherwise) only where anyone
+    /// may walk to them, and the kernel forgets them all when that changes.
     Tree,
 }
 
@@ -63,6 +78,10 @@ impl std::fmt::Display for Guard {
 #[derive(Debug)]
 pub struct Names {
     guard: Guard,
+    /// How long names live where they may live at all.
+    name: Duration,
+    /// How long attributes live.
+    attr: Duration,
     /// The session's /dev/fuse, duplicated so that it stays open as long as this does: a
     /// notification must never go to a descriptor number reused for something else.
     device: OnceLock<OwnedFd>,
@@ -71,16 +90,19 @@ pub struct Names {
 }
 
 impl Names {
-    /// Lifetimes for a mount: `cached` with `--cache`, `kernel_checks` when the mount has
-    /// `default_permissions`.
-    pub fn new(cached: bool, kernel_checks: bool) -> Names {
-        let guard = match (cached, kernel_checks) {
-            (false, _) => Guard::Uncached,
-            (true, true) => Guard::Kernel,
-            (true, false) => Guard::Tree,
+    /// Lifetimes for a mount: `cached` with `--cache`; `kernel_forgets` if the kernel takes
+    /// `FUSE_NOTIFY_INC_EPOCH` ([`kernel_forgets_names`]). The mount has `default_permissions`
+    /// if [`Names::kernel_checks`].
+    pub fn new(cached: bool, kernel_forgets: bool) -> Names {
+        let guard = match (kernel_forgets, cached) {
+            (true, _) => Guard::Tree,
+            (false, true) => Guard::Kernel,
+            (false, false) => Guard::Uncached,
         };
         Names {
             guard,
+            name: if cached { CACHED_TTL } else { KEPT_TTL },
+            attr: if cached { CACHED_TTL } else { Duration::ZERO },
             device: OnceLock::new(),
             unguarded: AtomicBool::new(false),
         }
@@ -89,6 +111,11 @@ impl Names {
     /// Who guards search permission.
     pub fn guard(&self) -> Guard {
         self.guard
+    }
+
+    /// Whether the mount needs the kernel's own permission checks (`default_permissions`).
+    pub fn kernel_checks(&self) -> bool {
+        self.guard == Guard::Kernel
     }
 
     /// Learns the session's /dev/fuse, once it is open (kept only when the tree guards).
@@ -121,20 +148,19 @@ impl Names {
 
     /// How long the kernel may keep attributes.
     pub fn attr_ttl(&self) -> Duration {
-        match self.guard {
-            Guard::Uncached => Duration::ZERO,
-            Guard::Kernel | Guard::Tree => CACHED_TTL,
-        }
+        self.attr
     }
 
-    /// How long the kernel may keep a name in directory `parent` of `fs`.
-    pub fn entry_ttl(&self, fs: &Fs, parent: u64) -> Duration {
+    /// How long the kernel may keep a name in directory `parent` of `fs`. `looked_up`: a fault
+    /// rule may match lookups, so every walk must reach the tree.
+    pub fn entry_ttl(&self, fs: &Fs, parent: u64, looked_up: bool) -> Duration {
         match self.guard {
             Guard::Uncached => Duration::ZERO,
-            Guard::Kernel => CACHED_TTL,
+            _ if looked_up => Duration::ZERO,
+            Guard::Kernel => self.name,
             Guard::Tree => {
                 if !self.unguarded.load(Ordering::Relaxed) && fs.searchable_by_all(parent) {
-                    CACHED_TTL
+                    self.name
                 } else {
                     Duration::ZERO
                 }
@@ -221,18 +247,24 @@ mod tests {
     }
 
     #[test]
-    fn the_default_mode_caches_nothing_and_the_kernel_guard_caches_everything() {
+    fn before_6_16_the_default_mode_caches_nothing_and_cache_leaves_checks_to_the_kernel() {
         let fs = tree();
         let direct = Names::new(false, false);
-        assert_eq!(direct.entry_ttl(&fs, crate::fs::ROOT), Duration::ZERO);
+        assert!(!direct.kernel_checks());
+        assert_eq!(
+            direct.entry_ttl(&fs, crate::fs::ROOT, false),
+            Duration::ZERO
+        );
         assert_eq!(direct.attr_ttl(), Duration::ZERO);
-        let kernel = Names::new(true, true);
-        assert_eq!(kernel.entry_ttl(&fs, crate::fs::ROOT), CACHED_TTL);
+        let kernel = Names::new(true, false);
+        assert!(kernel.kernel_checks());
+        assert_eq!(kernel.entry_ttl(&fs, crate::fs::ROOT, false), CACHED_TTL);
+        assert_eq!(kernel.entry_ttl(&fs, crate::fs::ROOT, true), Duration::ZERO);
         assert!(!kernel.must_forget_under(&fs, crate::fs::ROOT));
     }
 
     #[test]
-    fn the_tree_guard_caches_names_only_where_anyone_may_walk() {
+    fn the_tree_guard_caches_names_only_where_anyone_may_walk_in_both_modes() {
         let fs = tree();
         let root = crate::fs::Caller::default();
         let open = fs
@@ -241,15 +273,23 @@ mod tests {
             .ino;
         let shut = fs.mkdir(&root, open, "shut".as_ref(), 0o750).unwrap().ino;
         let below = fs.mkdir(&root, shut, "below".as_ref(), 0o777).unwrap().ino;
-        let names = Names::new(true, false);
-        assert_eq!(names.attr_ttl(), CACHED_TTL);
-        assert_eq!(names.entry_ttl(&fs, crate::fs::ROOT), CACHED_TTL);
-        assert_eq!(names.entry_ttl(&fs, open), CACHED_TTL);
-        assert_eq!(names.entry_ttl(&fs, shut), Duration::ZERO);
-        assert_eq!(names.entry_ttl(&fs, below), Duration::ZERO);
-        assert!(names.must_forget_under(&fs, below));
-        assert!(!names.must_forget_under(&fs, open));
-        names.kernel_speaks(7, 43);
-        assert_eq!(names.entry_ttl(&fs, open), Duration::ZERO);
+        for (cached, name, attr) in [
+            (true, CACHED_TTL, CACHED_TTL),
+            (false, KEPT_TTL, Duration::ZERO),
+        ] {
+            let names = Names::new(cached, true);
+            assert!(!names.kernel_checks());
+            assert_eq!(names.attr_ttl(), attr);
+            assert_eq!(names.entry_ttl(&fs, crate::fs::ROOT, false), name);
+            assert_eq!(names.entry_ttl(&fs, open, false), name);
+            // A rule that matches lookups must meet every walk.
+            assert_eq!(names.entry_ttl(&fs, open, true), Duration::ZERO);
+            assert_eq!(names.entry_ttl(&fs, shut, false), Duration::ZERO);
+            assert_eq!(names.entry_ttl(&fs, below, false), Duration::ZERO);
+            assert!(names.must_forget_under(&fs, below));
+            assert!(!names.must_forget_under(&fs, open));
+            names.kernel_speaks(7, 43);
+            assert_eq!(names.entry_ttl(&fs, open, false), Duration::ZERO);
+        }
     }
 }

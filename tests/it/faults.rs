@@ -12,8 +12,9 @@
 //!   Two holds at once need two files.
 //! - python's buffered `f.write` + `close` retries partial writes until everything is
 //!   written; `os.write` and `os.read` return what the file system answered.
-//! - A stat sends lookup + getattr of the name (zero TTLs): a rule on `getattr` of a path
-//!   sees exactly one request per stat.
+//! - A stat sends a getattr of the name (attributes are never kept), after a lookup if the
+//!   kernel does not know the name yet: a rule on `getattr` of a path sees exactly one request
+//!   per stat.
 //!
 //! Programs run from `/` with mount paths as arguments, so that nothing else (a pyenv shim
 //! looking for `.python-version`) touches the mount.
@@ -735,6 +736,43 @@ fn the_first_rule_that_fires_wins_and_the_rules_after_it_do_not_count_the_reques
         .map(|r| (r.matched, r.hits))
         .collect();
     assert_eq!(counts, [(3, 1), (2, 2)]);
+}
+
+/// The kernel keeps names and walks through them without a lookup. A rule on lookups makes it
+/// forget them, so that every walk meets the rule; once the rule is gone, names are kept again.
+#[test]
+fn a_lookup_rule_meets_every_walk_through_names_the_kernel_had_kept() {
+    let m = mount_or_skip!();
+    fs::create_dir(m.join("d")).unwrap();
+    fs::write(m.join("d/f"), b"").unwrap();
+    let walks = |m: &TempMount| {
+        let evs = events(m);
+        (
+            on(&evs, Op::Lookup, "/d").len(),
+            on(&evs, Op::Lookup, "/d/f").len(),
+        )
+    };
+    for _ in 0..3 {
+        fs::metadata(m.join("d/f")).unwrap();
+    }
+    // The failed lookups before the mkdir and the create, and the first stat's lookup of f.
+    assert_eq!(walks(&m), (1, 2), "{}", dump(&events(&m)));
+    let id = add(
+        &m,
+        r#"{"match":{"ops":["lookup"],"path":"/d"},"action":{"errno":"EACCES"}}"#,
+    );
+    for _ in 0..3 {
+        let e = fs::metadata(m.join("d/f")).unwrap_err();
+        assert_eq!(code(&e), libc::EACCES, "{e}");
+    }
+    assert_eq!(m.faults().list()[0].hits, 3);
+    assert!(m.faults().remove(&[id]).is_empty());
+    for _ in 0..3 {
+        fs::metadata(m.join("d/f")).unwrap();
+    }
+    // Three failed lookups of d; after them one more lookup of each name, then they are
+    // kept again.
+    assert_eq!(walks(&m), (5, 3), "{}", dump(&events(&m)));
 }
 
 /// The hit pattern of 40 stats on a fresh mount under a probability rule.

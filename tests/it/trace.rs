@@ -876,8 +876,8 @@ fn capacity_keeps_the_newest_events_and_counts_the_evicted() {
     let counts = store(&m).counts();
     assert_eq!(events.len(), 10, "{}", dump(&events));
     assert!(
-        counts.recorded >= 200,
-        "each stat is a lookup and a getattr: {counts:?}"
+        counts.recorded >= 100,
+        "each stat is at least a getattr: {counts:?}"
     );
     assert_eq!(counts.evicted, counts.recorded - 10, "{counts:?}");
     assert_eq!(counts.dropped, 0);
@@ -892,7 +892,7 @@ fn capacity_keeps_the_newest_events_and_counts_the_evicted() {
         events[0].seq > counts.recorded - 10 - 5,
         "newest, not oldest"
     );
-    // A stat here is getattr "/", lookup "/s", getattr "/s".
+    // A stat here is a getattr of "/s" (the first one a lookup too).
     for e in &events[..9] {
         assert!(matches!(e.path.as_deref(), Some("/" | "/s")), "{e:?}");
         assert!(matches!(e.op, Op::Lookup | Op::Getattr), "{e:?}");
