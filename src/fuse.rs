@@ -1307,10 +1307,10 @@ impl Filesystem for RawFs {
                 e.out_fh = Some(*fh);
             },
             |r| match r {
-                // One lifetime for the name and the attributes: the shorter (in the default
-                // mode none, as every stat must reach the tree).
                 Ok((a, fh)) => reply.created(
-                    &self.entry_ttl(p).min(self.names.attr_ttl()),
+                    &self
+                        .names
+                        .created_ttl(&self.fs, p, self.faults.may_match(Op::Lookup)),
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(fh),

@@ -168,6 +168,15 @@ impl Names {
         }
     }
 
+    /// The one lifetime of a create's reply, for the new name and its attributes alike: the
+    /// shorter of the two (in the default mode none, as every stat must reach the tree).
+    pub fn created_ttl(&self, fs: &Fs, parent: u64, looked_up: bool) -> Duration {
+        if self.attr.is_zero() {
+            return Duration::ZERO;
+        }
+        self.entry_ttl(fs, parent, looked_up).min(self.attr)
+    }
+
     /// Whether a name that now lives in `parent` may have been handed out with a lifetime
     /// where it no longer may: the caller then makes the kernel forget all names.
     pub fn must_forget_under(&self, fs: &Fs, parent: u64) -> bool {
@@ -280,6 +289,7 @@ mod tests {
             let names = Names::new(cached, true);
             assert!(!names.kernel_checks());
             assert_eq!(names.attr_ttl(), attr);
+            assert_eq!(names.created_ttl(&fs, open, false), attr);
             assert_eq!(names.entry_ttl(&fs, crate::fs::ROOT, false), name);
             assert_eq!(names.entry_ttl(&fs, open, false), name);
             // A rule that matches lookups must meet every walk.
