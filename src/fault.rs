@@ -620,6 +620,23 @@ impl Faults {
         self.ops.load(Ordering::Acquire) & op_bit(op) != 0
     }
 
+    /// True if some installed rule may fire on a lookup of `path` (None: a path not known):
+    /// the kernel must not keep that name, or its walks would pass the rule by. Only the
+    /// rule's operations and path count here; a rule for some other process still counts.
+    pub fn may_fault_lookup_of(&self, path: Option<&str>) -> bool {
+        if !self.may_match(Op::Lookup) {
+            return false;
+        }
+        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
+        rules.list.iter().any(|r| {
+            r.ops & op_bit(Op::Lookup) != 0
+                && match (&r.filter.path, path) {
+                    (Some(glob), Some(p)) => glob.matches(p),
+                    _ => true,
+                }
+        })
+    }
+
     /// Has `hook` called whenever rules that may match lookups have been added: the mount
     /// makes the kernel forget the names it keeps, which walks would otherwise pass through
     /// without a lookup for the rules to meet. Only the first hook set is kept.
@@ -831,6 +848,38 @@ mod tests {
         let mut renamed = ev(Op::Rename, "/tmp/x");
         renamed.path2 = Some("/other/x".into());
         assert_eq!(faults.check(&renamed).map(|r| r.id()), Some(2));
+    }
+
+    #[test]
+    fn the_mount_hears_when_rules_come_to_match_lookups_and_not_otherwise() {
+        let faults = Faults::default();
+        let heard = Arc::new(AtomicUsize::new(0));
+        let count = heard.clone();
+        faults.on_lookup_rules(move || {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        let add = |json: &str| faults.add(parse_rules(json).unwrap()).unwrap()[0];
+        let read = add(r#"{"match":{"ops":["read"]},"action":{"errno":"EIO"}}"#);
+        assert!(faults.may_match(Op::Read) && !faults.may_match(Op::Lookup));
+        assert_eq!(heard.load(Ordering::Relaxed), 0);
+        let lookup = add(r#"{"match":{"ops":["lookup"],"path":"/d"},"action":{"errno":"EIO"}}"#);
+        assert!(faults.may_match(Op::Lookup));
+        assert_eq!(heard.load(Ordering::Relaxed), 1);
+        assert!(faults.may_fault_lookup_of(Some("/d")));
+        assert!(faults.may_fault_lookup_of(None));
+        assert!(!faults.may_fault_lookup_of(Some("/d/f")));
+        assert!(!faults.may_fault_lookup_of(Some("/e")));
+        faults.remove(&[lookup]);
+        assert!(!faults.may_match(Op::Lookup) && faults.may_match(Op::Read));
+        assert!(!faults.may_fault_lookup_of(Some("/d")));
+        // A rule with no operations matches lookups too.
+        add(r#"{"action":{"delay":{"ms":1}}}"#);
+        assert!(faults.may_match(Op::Lookup));
+        assert!(faults.may_fault_lookup_of(Some("/e")));
+        assert_eq!(heard.load(Ordering::Relaxed), 2);
+        faults.remove(&[read]);
+        faults.clear();
+        assert!(!faults.may_match(Op::Lookup) && !faults.may_match(Op::Read));
     }
 
     #[test]

@@ -507,19 +507,24 @@ impl RawFs {
         }
     }
 
-    /// How long the kernel may keep a name in directory `parent`: none while a fault rule
-    /// may match lookups.
-    fn entry_ttl(&self, parent: u64) -> Duration {
-        let looked_up = self.faults.may_match(Op::Lookup);
-        self.names.entry_ttl(&self.fs, parent, looked_up)
+    /// Whether a fault rule may fire on a lookup of `name` in `parent`: then the kernel must
+    /// not keep the name.
+    fn lookups_faulted(&self, parent: u64, name: &OsStr) -> bool {
+        self.faults.may_match(Op::Lookup) && {
+            let path = self.fs.name_path(parent, name);
+            self.faults
+                .may_fault_lookup_of(path.as_ref().map(|p| p.as_str()))
+        }
     }
 
-    /// Answers with a name in directory `parent`.
-    fn entry(&self, parent: u64, r: Result<Attr, Errno>, reply: ReplyEntry) {
+    /// Answers with `name` in directory `parent`.
+    fn entry(&self, parent: u64, name: &OsStr, r: Result<Attr, Errno>, reply: ReplyEntry) {
         match r {
             Ok(a) => reply.entry_with_ttls(
                 &self.names.attr_ttl(),
-                &self.entry_ttl(parent),
+                &self
+                    .names
+                    .entry_ttl(&self.fs, parent, self.lookups_faulted(parent, name)),
                 &file_attr(&a),
                 Generation(0),
             ),
@@ -639,7 +644,7 @@ impl Filesystem for RawFs {
             |e, fs| named(e, fs, p, name),
             |fs| fs.lookup(&c, p, name),
             entry_outcome,
-            |r| self.entry(p, r, reply),
+            |r| self.entry(p, name, r, reply),
         );
     }
 
@@ -776,7 +781,7 @@ impl Filesystem for RawFs {
             },
             |fs| fs.mknod(&c, p, name, mode, rdev),
             entry_outcome,
-            |r| self.entry(p, r, reply),
+            |r| self.entry(p, name, r, reply),
         );
     }
 
@@ -799,7 +804,7 @@ impl Filesystem for RawFs {
             },
             |fs| fs.mkdir(&c, p, name, mode),
             entry_outcome,
-            |r| self.entry(p, r, reply),
+            |r| self.entry(p, name, r, reply),
         );
     }
 
@@ -845,7 +850,7 @@ impl Filesystem for RawFs {
             },
             |fs| fs.symlink(&c, p, link_name, target.as_os_str()),
             entry_outcome,
-            |r| self.entry(p, r, reply),
+            |r| self.entry(p, link_name, r, reply),
         );
     }
 
@@ -928,7 +933,7 @@ impl Filesystem for RawFs {
             },
             |fs| fs.link(&c, i, np, newname),
             entry_outcome,
-            |r| self.entry(np, r, reply),
+            |r| self.entry(np, newname, r, reply),
         );
     }
 
@@ -1310,7 +1315,7 @@ impl Filesystem for RawFs {
                 Ok((a, fh)) => reply.created(
                     &self
                         .names
-                        .created_ttl(&self.fs, p, self.faults.may_match(Op::Lookup)),
+                        .created_ttl(&self.fs, p, self.lookups_faulted(p, name)),
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(fh),

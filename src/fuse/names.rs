@@ -3,12 +3,12 @@
 //!
 //! Without names it may keep, the kernel looks up every name on a path on every walk: a
 //! `stat("d/f")` is a lookup of `d`, a lookup of `f` and a getattr, though only the getattr is
-//! what the program asked for. So the kernel keeps names (dentries) for a second, in both
-//! modes, and walks through them without asking anyone. The default mode keeps no attributes
-//! (every stat still reaches the tree) and `--cache` keeps them for a second too. Lookups the
-//! program causes still arrive: a name the kernel does not know (a failed lookup is never
-//! kept), and an exclusive create or mkdir of a name it knows (the kernel looks it up again
-//! before it answers EEXIST).
+//! what the program asked for. So the kernel keeps names (dentries), in both modes, and walks
+//! through them without asking anyone: for an hour in the default mode, which keeps no
+//! attributes (every stat still reaches the tree), and for a second with `--cache`, which
+//! keeps attributes for a second too. Lookups the program causes still arrive: a name the
+//! kernel does not know (a failed lookup is never kept), and an exclusive create or mkdir of a
+//! name it knows (the kernel looks it up again before it answers EEXIST).
 //!
 //! Walking through kept names, nothing checks search permission on the way. The kernel's own
 //! checks (`default_permissions`) would, but they need the directory's attributes, which the
@@ -24,8 +24,8 @@
 //! comes from, and once the syscall returns, no walk goes through a name from before it. A
 //! lookup the kernel started before the notification is stale even if its answer arrives after
 //! it. The same notification makes the kernel forget names when a fault rule that matches
-//! lookups is added: while one is installed, names live for no time, so that every walk meets
-//! the rule.
+//! lookups is added: while it is installed, the names it may fire on live for no time, so that
+//! every walk meets the rule.
 //!
 //! A kernel older than 6.16 cannot forget names that way: there the default mode keeps no
 //! names, and `--cache` keeps `default_permissions` ([`kernel_forgets_names`] decides before
@@ -151,12 +151,12 @@ impl Names {
         self.attr
     }
 
-    /// How long the kernel may keep a name in directory `parent` of `fs`. `looked_up`: a fault
-    /// rule may match lookups, so every walk must reach the tree.
-    pub fn entry_ttl(&self, fs: &Fs, parent: u64, looked_up: bool) -> Duration {
+    /// How long the kernel may keep a name in directory `parent` of `fs`. `lookups_faulted`: a
+    /// fault rule may match lookups, so every walk must reach the tree.
+    pub fn entry_ttl(&self, fs: &Fs, parent: u64, lookups_faulted: bool) -> Duration {
         match self.guard {
             Guard::Uncached => Duration::ZERO,
-            _ if looked_up => Duration::ZERO,
+            _ if lookups_faulted => Duration::ZERO,
             Guard::Kernel => self.name,
             Guard::Tree => {
                 if !self.unguarded.load(Ordering::Relaxed) && fs.searchable_by_all(parent) {
@@ -170,11 +170,11 @@ impl Names {
 
     /// The one lifetime of a create's reply, for the new name and its attributes alike: the
     /// shorter of the two (in the default mode none, as every stat must reach the tree).
-    pub fn created_ttl(&self, fs: &Fs, parent: u64, looked_up: bool) -> Duration {
+    pub fn created_ttl(&self, fs: &Fs, parent: u64, lookups_faulted: bool) -> Duration {
         if self.attr.is_zero() {
             return Duration::ZERO;
         }
-        self.entry_ttl(fs, parent, looked_up).min(self.attr)
+        self.entry_ttl(fs, parent, lookups_faulted).min(self.attr)
     }
 
     /// Whether a name that now lives in `parent` may have been handed out with a lifetime
