@@ -755,9 +755,7 @@ fn run(config: &MountConfig, keep: bool, report: &Report, command: &[OsString]) 
         Err(e) => return fail(e),
     };
     let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..])
-        .current_dir(tm.path())
-        .env("RAWFS_MOUNT", tm.path());
+    cmd.args(&command[1..]).env("RAWFS_MOUNT", tm.path());
     // The stop signals are blocked here, and a child inherits the mask: unblock them in the
     // command, or SIGINT, SIGTERM and SIGHUP would not stop it.
     let unblock = set;
@@ -768,7 +766,7 @@ fn run(config: &MountConfig, keep: bool, report: &Report, command: &[OsString]) 
             Ok(())
         });
     }
-    let (code, signalled) = match cmd.spawn() {
+    let (code, signalled) = match tm.spawn_inside(&mut cmd) {
         Ok(child) => wait_forwarding(child, &set),
         Err(e) => {
             let name = command[0].to_string_lossy();

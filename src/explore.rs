@@ -274,14 +274,15 @@ pub fn record(o: &Options) -> Result<Recording, Error> {
     };
     let mounted = Mounted::mount(dir.path(), &config).map_err(|e| Error(e.to_string()))?;
     let recorder = mounted.recorder().cloned().expect("recording is on");
-    let mut child = Command::new(&o.workload[0])
-        .args(&o.workload[1..])
-        .current_dir(dir.path())
-        .env("RAWFS_MOUNT", dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let mut child = mounted
+        .spawn_inside(
+            Command::new(&o.workload[0])
+                .args(&o.workload[1..])
+                .env("RAWFS_MOUNT", dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
         .map_err(|e| Error(format!("cannot run the workload: {e}")))?;
     let out = child.stdout.take().expect("piped");
     let rec = recorder.clone();

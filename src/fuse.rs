@@ -306,14 +306,16 @@ impl RawFs {
         answer: impl FnOnce(Result<T, Errno>),
     ) {
         let faults = self.faults.active();
-        if self.recorder.is_none() {
+        let tid = req.pid();
+        let recorder = self.recorder.as_ref().filter(|r| !r.leaves_out(tid));
+        if recorder.is_none() {
             self.unrecorded.fetch_add(1, Ordering::Relaxed);
         }
         // Built in place and never moved: an event is several hundred bytes.
         let mut pending: Option<Pending> = None;
-        if self.recorder.is_some() || faults {
-            let (tid, uid, gid) = (req.pid(), req.uid(), req.gid());
-            let p = match &self.recorder {
+        if recorder.is_some() || faults {
+            let (uid, gid) = (req.uid(), req.gid());
+            let p = match recorder {
                 Some(r) => r.begin_in(&mut pending, op, tid, uid, gid),
                 None => {
                     let who = self.who.lookup(tid);
@@ -386,7 +388,8 @@ impl RawFs {
         // A crash after the request cuts the power before the caller hears of its success,
         // so that nothing it does next can reach the tree first.
         self.crash_after(hit.as_deref(), &p.event);
-        let Some(rec) = &self.recorder else {
+        // Numbered from 1 when recorded; an event built for the fault rules alone has none.
+        let (Some(rec), 1..) = (&self.recorder, p.event.seq) else {
             return answer(result);
         };
         // The request took until its answer was ready; the kernel gets it before the event

@@ -59,6 +59,18 @@ impl TempMount {
         self.mounted.as_ref().expect("mounted until dropped").fs()
     }
 
+    /// Starts `cmd` (with no working directory set) in the mount's root, without the change
+    /// of directory in the trace ([`Mounted::spawn_inside`]).
+    pub fn spawn_inside(
+        &self,
+        cmd: &mut std::process::Command,
+    ) -> std::io::Result<std::process::Child> {
+        self.mounted
+            .as_ref()
+            .expect("mounted until dropped")
+            .spawn_inside(cmd)
+    }
+
     /// The trace buffer, unless recording is off (trace capacity 0).
     pub fn trace(&self) -> Option<&Arc<Store>> {
         self.mounted.as_ref().and_then(Mounted::trace)

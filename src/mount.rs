@@ -6,7 +6,7 @@ use std::fmt;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
@@ -386,6 +386,38 @@ impl Mounted {
     /// The recorder, unless recording is off (trace capacity 0).
     pub fn recorder(&self) -> Option<&Arc<Recorder>> {
         self.recorder.as_ref()
+    }
+
+    /// Starts `cmd` (with no working directory set) in the mount's root, as `rawfs run` does,
+    /// so that the trace begins with the command's own requests. Changing into a directory of
+    /// a mount is a request (the kernel asks whether search is allowed); a thread of this
+    /// process with a working directory of its own makes it, left out of the trace, and the
+    /// command inherits the directory. Where a thread cannot have a working directory of its
+    /// own (`unshare(CLONE_FS)` refused), the command changes directory itself, and its trace
+    /// begins with that `access`.
+    pub fn spawn_inside(&self, cmd: &mut Command) -> io::Result<Child> {
+        let (path, recorder) = (self.path(), self.recorder());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: unshare(CLONE_FS) only gives this thread its own working directory.
+                if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                    return cmd.current_dir(path).spawn();
+                }
+                // SAFETY: gettid has no preconditions.
+                let tid = unsafe { libc::gettid() } as u32;
+                recorder.inspect(|r| r.leave_out_thread(tid));
+                let moved = std::env::set_current_dir(path);
+                recorder.inspect(|r| r.leave_out_thread(0));
+                moved?;
+                let child = cmd.spawn();
+                // Let go of the mount before the thread ends: a thread's last references
+                // are dropped after a join has returned, and could hold up an unmount.
+                let _ = std::env::set_current_dir("/");
+                child
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the thread starting the command panicked")))
+        })
     }
 
     /// The fault rules in force, to change while the mount runs.

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -485,6 +485,8 @@ pub struct Recorder {
     /// Who opened each live file handle: the kernel sends some requests on a handle (release,
     /// and writeback) on its own, with no caller, and those are credited to the opener.
     openers: Vec<Mutex<FxHashMap<u64, Who>>>,
+    /// A thread of this process whose requests are its own business, not recorded (0: none).
+    own_thread: AtomicU32,
 }
 
 const OPENER_SHARDS: usize = 16;
@@ -662,7 +664,20 @@ impl Recorder {
             openers: (0..OPENER_SHARDS)
                 .map(|_| Mutex::new(FxHashMap::default()))
                 .collect(),
+            own_thread: AtomicU32::new(0),
         })
+    }
+
+    /// Leaves the requests of thread `tid` (of the process that mounted, 0 for none) out of
+    /// the trace, until called again: the process's own setup, such as the chdir into the
+    /// mount that a command it starts inherits.
+    pub fn leave_out_thread(&self, tid: u32) {
+        self.own_thread.store(tid, Ordering::Release);
+    }
+
+    /// Whether requests of thread `tid` are left out ([`Recorder::leave_out_thread`]).
+    pub fn leaves_out(&self, tid: u32) -> bool {
+        tid != 0 && self.own_thread.load(Ordering::Relaxed) == tid
     }
 
     /// The buffer readers use.

@@ -144,6 +144,22 @@ fn read_file(path: &Path) -> (Option<Header>, Vec<Event>) {
 // ---------------------------------------------------------------------------------------------
 // rawfs run
 
+/// `rawfs run` of the shell `script`, its trace written as JSON Lines to `file`.
+fn run_to_jsonl(rt: &Runtime, file: &Path, script: &str) -> std::process::Output {
+    let output = s(file);
+    rt.rawfs_ok(&[
+        "run",
+        "--trace-format",
+        "jsonl",
+        "--trace-output",
+        output,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])
+}
+
 #[test]
 fn run_prints_a_text_trace_on_stderr_with_the_exclusive_create() {
     fuse_or_skip!();
@@ -172,17 +188,7 @@ fn run_writes_a_jsonl_trace_with_a_header_to_trace_output() {
     fuse_or_skip!();
     let rt = Runtime::new();
     let file = rt.0.path().join("t.jsonl");
-    let out = rt.rawfs_ok(&[
-        "run",
-        "--trace-format",
-        "jsonl",
-        "--trace-output",
-        s(&file),
-        "--",
-        "sh",
-        "-c",
-        "echo hi > f",
-    ]);
+    let out = run_to_jsonl(&rt, &file, "echo hi > f");
     assert_eq!(text(&out.stdout), "");
     assert_eq!(
         text(&out.stderr),
@@ -218,6 +224,27 @@ fn run_writes_a_jsonl_trace_with_a_header_to_trace_output() {
         .find(|e| is(e, Op::Write, "/f"))
         .unwrap_or_else(|| panic!("no write of /f:\n{}", dump(&events)));
     assert_eq!((write.size, write.returned), (Some(3), Some(3)));
+}
+
+/// The command starts in the mount without changing into it itself: the `access` check of
+/// that chdir is rawfs's own, and the trace begins with the command's first request.
+#[test]
+fn run_traces_the_command_from_its_first_request_not_the_change_into_the_mount() {
+    fuse_or_skip!();
+    let rt = Runtime::new();
+    let file = rt.0.path().join("t.jsonl");
+    run_to_jsonl(&rt, &file, "pwd > where");
+    let (_, events) = read_file(&file);
+    let first = events.first().expect("some requests");
+    assert_eq!(first.seq, 1);
+    assert_eq!(first.comm.as_str(), "sh", "{}", dump(&events));
+    let own: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.comm.as_str() == "rawfs")
+        .collect();
+    assert!(own.is_empty(), "requests of rawfs itself: {own:?}");
+    // The command did run in the mount's root.
+    assert!(events.iter().any(|e| is(e, Op::Create, "/where") && e.ok()));
 }
 
 #[test]
