@@ -54,7 +54,9 @@ impl TempMount {
         self.dir.path().join(rel)
     }
 
-    /// The tree behind the mount, for looking at it without going through the kernel.
+    /// The tree behind the mount, for looking at it without going through the kernel. Not
+    /// for changing it: the kernel keeps the names it has looked up, and would not see a
+    /// name made or removed here.
     pub fn fs(&self) -> &Arc<Fs> {
         self.mounted.as_ref().expect("mounted until dropped").fs()
     }
