@@ -26,8 +26,8 @@ use crate::units::parse_size;
 
 /// rawfs: an in-memory file system over FUSE for testing raw I/O semantics.
 ///
-/// Every stat, read and write reaches rawfs (no caching unless --cache), so what a program
-/// does to its files is exactly what rawfs sees.
+/// Every stat, read and write reaches rawfs (the kernel keeps only names, unless --cache), so
+/// what a program does to its files is exactly what rawfs sees.
 #[derive(Parser, Debug)]
 #[command(name = "rawfs", version, propagate_version = true)]
 pub struct Cli {
