@@ -615,6 +615,14 @@ impl Faults {
         self.count.load(Ordering::Relaxed) > 0
     }
 
+    /// Indexes a changed rule list and publishes what the request path reads without the
+    /// lock: how many rules there are, and which operations they match.
+    fn publish(&self, rules: &mut RuleSet) {
+        rules.reindex();
+        self.count.store(rules.list.len(), Ordering::Relaxed);
+        self.ops.store(rules.ops(), Ordering::Release);
+    }
+
     /// True if some installed rule may match requests of `op`.
     pub fn may_match(&self, op: Op) -> bool {
         self.ops.load(Ordering::Acquire) & op_bit(op) != 0
@@ -666,9 +674,7 @@ impl Faults {
         let ids = compiled.iter().map(|c| c.id).collect();
         let lookups = compiled.iter().any(|c| c.ops & op_bit(Op::Lookup) != 0);
         list.list.extend(compiled);
-        list.reindex();
-        self.count.store(list.list.len(), Ordering::Relaxed);
-        self.ops.store(list.ops(), Ordering::Release);
+        self.publish(&mut list);
         drop(list);
         if let (true, Some(hook)) = (lookups, self.on_lookup_rules.get()) {
             (hook.0)();
@@ -685,9 +691,7 @@ impl Faults {
             .filter(|id| !rules.list.iter().any(|r| r.id == *id))
             .collect();
         rules.list.retain(|r| !ids.contains(&r.id));
-        rules.reindex();
-        self.count.store(rules.list.len(), Ordering::Relaxed);
-        self.ops.store(rules.ops(), Ordering::Release);
+        self.publish(&mut rules);
         drop(rules);
         for id in ids {
             self.holds.release_rule(*id);
@@ -700,9 +704,7 @@ impl Faults {
         let mut rules = self.rules.write().unwrap_or_else(|e| e.into_inner());
         let n = rules.list.len();
         rules.list.clear();
-        rules.reindex();
-        self.count.store(0, Ordering::Relaxed);
-        self.ops.store(0, Ordering::Release);
+        self.publish(&mut rules);
         drop(rules);
         self.holds.release_all();
         n

@@ -527,7 +527,7 @@ impl RawFs {
                 &self.names.attr_ttl(),
                 &self
                     .names
-                    .entry_ttl(&self.fs, parent, self.lookups_faulted(parent, name)),
+                    .entry_ttl(&self.fs, parent, || self.lookups_faulted(parent, name)),
                 &file_attr(&a),
                 Generation(0),
             ),
@@ -1318,7 +1318,7 @@ impl Filesystem for RawFs {
                 Ok((a, fh)) => reply.created(
                     &self
                         .names
-                        .created_ttl(&self.fs, p, self.lookups_faulted(p, name)),
+                        .created_ttl(&self.fs, p, || self.lookups_faulted(p, name)),
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(fh),

@@ -151,26 +151,35 @@ impl Names {
         self.attr
     }
 
-    /// How long the kernel may keep a name in directory `parent` of `fs`. `lookups_faulted`: a
-    /// fault rule may match lookups, so every walk must reach the tree.
-    pub fn entry_ttl(&self, fs: &Fs, parent: u64, lookups_faulted: bool) -> Duration {
-        match self.guard {
-            Guard::Uncached => Duration::ZERO,
-            _ if lookups_faulted => Duration::ZERO,
-            Guard::Kernel => self.name,
+    /// How long the kernel may keep a name in directory `parent` of `fs`. `lookups_faulted`
+    /// tells whether a fault rule may fire on a lookup of the name, so that every walk must
+    /// reach the tree; it is asked only where the name could live at all.
+    pub fn entry_ttl(
+        &self,
+        fs: &Fs,
+        parent: u64,
+        lookups_faulted: impl FnOnce() -> bool,
+    ) -> Duration {
+        let may_live = match self.guard {
+            Guard::Uncached => false,
+            Guard::Kernel => !lookups_faulted(),
             Guard::Tree => {
-                if !self.unguarded.load(Ordering::Relaxed) && fs.searchable_by_all(parent) {
-                    self.name
-                } else {
-                    Duration::ZERO
-                }
+                !self.unguarded.load(Ordering::Relaxed)
+                    && !lookups_faulted()
+                    && fs.searchable_by_all(parent)
             }
-        }
+        };
+        if may_live { self.name } else { Duration::ZERO }
     }
 
     /// The one lifetime of a create's reply, for the new name and its attributes alike: the
     /// shorter of the two (in the default mode none, as every stat must reach the tree).
-    pub fn created_ttl(&self, fs: &Fs, parent: u64, lookups_faulted: bool) -> Duration {
+    pub fn created_ttl(
+        &self,
+        fs: &Fs,
+        parent: u64,
+        lookups_faulted: impl FnOnce() -> bool,
+    ) -> Duration {
         if self.attr.is_zero() {
             return Duration::ZERO;
         }
@@ -261,14 +270,17 @@ mod tests {
         let direct = Names::new(false, false);
         assert!(!direct.kernel_checks());
         assert_eq!(
-            direct.entry_ttl(&fs, crate::fs::ROOT, false),
+            direct.entry_ttl(&fs, crate::fs::ROOT, || false),
             Duration::ZERO
         );
         assert_eq!(direct.attr_ttl(), Duration::ZERO);
         let kernel = Names::new(true, false);
         assert!(kernel.kernel_checks());
-        assert_eq!(kernel.entry_ttl(&fs, crate::fs::ROOT, false), CACHED_TTL);
-        assert_eq!(kernel.entry_ttl(&fs, crate::fs::ROOT, true), Duration::ZERO);
+        assert_eq!(kernel.entry_ttl(&fs, crate::fs::ROOT, || false), CACHED_TTL);
+        assert_eq!(
+            kernel.entry_ttl(&fs, crate::fs::ROOT, || true),
+            Duration::ZERO
+        );
         assert!(!kernel.must_forget_under(&fs, crate::fs::ROOT));
     }
 
@@ -289,17 +301,22 @@ mod tests {
             let names = Names::new(cached, true);
             assert!(!names.kernel_checks());
             assert_eq!(names.attr_ttl(), attr);
-            assert_eq!(names.created_ttl(&fs, open, false), attr);
-            assert_eq!(names.entry_ttl(&fs, crate::fs::ROOT, false), name);
-            assert_eq!(names.entry_ttl(&fs, open, false), name);
+            assert_eq!(names.created_ttl(&fs, open, || false), attr);
+            if attr.is_zero() {
+                // The rules are not asked about a name that cannot live anyway.
+                let asked = || panic!("fault rules asked about a created name");
+                assert_eq!(names.created_ttl(&fs, open, asked), Duration::ZERO);
+            }
+            assert_eq!(names.entry_ttl(&fs, crate::fs::ROOT, || false), name);
+            assert_eq!(names.entry_ttl(&fs, open, || false), name);
             // A rule that matches lookups must meet every walk.
-            assert_eq!(names.entry_ttl(&fs, open, true), Duration::ZERO);
-            assert_eq!(names.entry_ttl(&fs, shut, false), Duration::ZERO);
-            assert_eq!(names.entry_ttl(&fs, below, false), Duration::ZERO);
+            assert_eq!(names.entry_ttl(&fs, open, || true), Duration::ZERO);
+            assert_eq!(names.entry_ttl(&fs, shut, || false), Duration::ZERO);
+            assert_eq!(names.entry_ttl(&fs, below, || false), Duration::ZERO);
             assert!(names.must_forget_under(&fs, below));
             assert!(!names.must_forget_under(&fs, open));
             names.kernel_speaks(7, 43);
-            assert_eq!(names.entry_ttl(&fs, open, false), Duration::ZERO);
+            assert_eq!(names.entry_ttl(&fs, open, || false), Duration::ZERO);
         }
     }
 }
