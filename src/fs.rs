@@ -347,6 +347,9 @@ struct Node {
     lookups: u64,
     /// Open handles.
     opens: u64,
+    /// Of those, the ones exec(2) opened (FMODE_EXEC). While one is open the kernel denies
+    /// writing the file (ETXTBSY): a program is running from it or being loaded.
+    execs: u32,
     /// Every name of the node, as (parent, name); the first one gives its path in the trace.
     links: Vec<(u64, OsString)>,
 }
@@ -467,6 +470,7 @@ impl Node {
             xattrs: BTreeMap::new(),
             lookups: 0,
             opens: 0,
+            execs: 0,
             links: Vec::new(),
         }
     }
@@ -494,6 +498,7 @@ impl Node {
             xattrs: self.xattrs.clone(),
             lookups: 0,
             opens: 0,
+            execs: 0,
             links: self.links.clone(),
         }
     }
@@ -840,11 +845,29 @@ impl State {
     }
 
     fn open_handle(&mut self, ino: u64, flags: i32) -> Result<u64, Errno> {
-        self.node_mut(ino)?.opens += 1;
+        let n = self.node_mut(ino)?;
+        n.opens += 1;
+        if flags & FMODE_EXEC != 0 {
+            n.execs += 1;
+        }
         let fh = self.next_fh;
         self.next_fh += 1;
         self.handles.insert(fh, Handle { ino, flags });
         Ok(fh)
+    }
+
+    /// ETXTBSY for O_TRUNC of a file a program is running from. The kernel refuses that too,
+    /// but only after we have truncated the file: with atomic_o_trunc, it asks for write
+    /// access to the inode (which exec(2) denies) after OPEN returns for an open that does not
+    /// write (O_RDONLY|O_TRUNC), and after CREATE returns for a create that finds the name
+    /// taken. An OPEN that writes reaches us holding write access already, so an exec handle
+    /// still counted then is one whose exec is failing or whose release is on its way; such an
+    /// open must not fail for it, and [`Fs::open`] asks this only for O_RDONLY.
+    fn may_truncate_on_open(&self, ino: u64, flags: i32) -> Result<(), Errno> {
+        if flags & libc::O_TRUNC != 0 && self.node(ino)?.execs > 0 {
+            return Err(Errno::ETXTBSY);
+        }
+        Ok(())
     }
 
     /// O_TRUNC at open time (with atomic_o_trunc the kernel leaves it to us). Linux truncates
@@ -1527,6 +1550,9 @@ impl Fs {
             return Err(Errno::EISDIR);
         }
         s.may_open(who, ino, flags)?;
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            s.may_truncate_on_open(ino, flags)?;
+        }
         s.truncate_on_open(&writer, ino, flags)?;
         s.open_handle(ino, flags)
     }
@@ -1553,6 +1579,7 @@ impl Fs {
                 return Err(Errno::EISDIR);
             }
             s.may_open(who, ino, flags)?;
+            s.may_truncate_on_open(ino, flags)?;
             s.truncate_on_open(&writer, ino, flags)?;
             let fh = s.open_handle(ino, flags)?;
             let n = s.node_mut(ino)?;
@@ -1719,6 +1746,9 @@ impl Fs {
         let h = s.handles.remove(&fh).ok_or(Errno::EBADF)?;
         if let Some(n) = s.nodes.get_mut(&h.ino) {
             n.opens = n.opens.saturating_sub(1);
+            if h.flags & FMODE_EXEC != 0 {
+                n.execs = n.execs.saturating_sub(1);
+            }
         }
         s.maybe_free(h.ino);
         self.freed.notify_all();
@@ -2171,5 +2201,52 @@ mod tests {
             assert_eq!(fs.read_into(h, 0, 10, &mut buf), Err(errno));
             assert_eq!(buf, b"keep");
         }
+    }
+
+    /// O_TRUNC of a file exec(2) holds open fails with ETXTBSY and leaves it whole where the
+    /// kernel would ask for write access only afterwards; where it asked before (an OPEN that
+    /// writes), it truncates. Once the exec handle is released, O_RDONLY|O_TRUNC truncates.
+    #[test]
+    fn o_trunc_of_a_file_a_program_runs_from_is_refused_before_it_truncates() {
+        let fs = Fs::new(FsOptions {
+            permissions: None,
+            ..FsOptions::default()
+        });
+        let c = Caller::default();
+        let name = OsStr::new("prog");
+        let (attr, fh) = fs
+            .create(&c, ROOT, name, 0o755, libc::O_WRONLY)
+            .expect("create");
+        fs.write(&c, fh, 0, b"#!/bin/sh\n").expect("write");
+        fs.release(fh).expect("release");
+        let size = |fs: &Fs| fs.getattr(attr.ino).expect("getattr").size;
+        let exec = fs
+            .open(&c, attr.ino, libc::O_RDONLY | FMODE_EXEC)
+            .expect("exec open");
+
+        let read_trunc = libc::O_RDONLY | libc::O_TRUNC;
+        assert_eq!(fs.open(&c, attr.ino, read_trunc), Err(Errno::ETXTBSY));
+        let create_trunc = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
+        assert_eq!(
+            fs.create(&c, ROOT, name, 0o644, create_trunc).map(|_| ()),
+            Err(Errno::ETXTBSY)
+        );
+        assert_eq!(size(&fs), 10);
+        // Without O_TRUNC, or holding write access already, the open goes ahead.
+        let plain = fs.open(&c, attr.ino, libc::O_RDONLY).expect("open");
+        fs.release(plain).expect("release");
+        let write_trunc = fs
+            .open(&c, attr.ino, libc::O_WRONLY | libc::O_TRUNC)
+            .expect("open for writing");
+        fs.release(write_trunc).expect("release");
+        assert_eq!(size(&fs), 0);
+
+        let writer = fs.open(&c, attr.ino, libc::O_WRONLY).expect("open");
+        fs.write(&c, writer, 0, b"x").expect("write");
+        fs.release(writer).expect("release");
+        fs.release(exec).expect("release");
+        let after = fs.open(&c, attr.ino, read_trunc).expect("open after exec");
+        fs.release(after).expect("release");
+        assert_eq!(size(&fs), 0);
     }
 }

@@ -2100,3 +2100,64 @@ fn coreutils_cp_mv_redirect_cat_ls_and_rm_work() {
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stderr).contains("No such file"));
 }
+
+// ---------------------------------------------------------------- a running program's file
+
+/// A child process, killed and reaped when dropped (also after a failed assertion).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The file a program runs from, as on tmpfs: open(2) for writing fails with ETXTBSY, and so
+/// does O_RDONLY|O_TRUNC, which leaves the file whole. (The kernel asks for write access for
+/// that one only after the file system has opened the file and, with atomic_o_trunc,
+/// truncated it.) Once the program has exited, O_RDONLY|O_TRUNC truncates.
+fn a_running_programs_file_stays_whole(m: &rawfs::TempMount) {
+    let sleep = ["/usr/bin/sleep", "/bin/sleep"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("sleep(1) is installed");
+    let program = fs::read(sleep).unwrap();
+    let p = m.join("sleep");
+    fs::write(&p, &program).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut running = Running(Command::new(&p).arg("30").spawn().unwrap());
+
+    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+        let got = sys_open(&p, flags, 0).map(drop);
+        assert_eq!(got, Err(libc::ETXTBSY), "open flags {flags:#o}");
+    }
+    assert_eq!(tree_contents(m, "sleep"), program);
+    assert_eq!(fs::metadata(&p).unwrap().len(), program.len() as u64);
+    assert!(running.0.try_wait().unwrap().is_none(), "the program died");
+
+    let _ = running.0.kill();
+    running.0.wait().unwrap();
+    // exec(2)'s handle is released when the program's last reference goes, on its way to
+    // rawfs as the program is reaped.
+    assert!(
+        eventually(|| sys_open(&p, libc::O_RDONLY | libc::O_TRUNC, 0).is_ok()),
+        "O_RDONLY|O_TRUNC still refused after the program exited"
+    );
+    assert_eq!(fs::metadata(&p).unwrap().len(), 0);
+}
+
+#[test]
+fn a_running_programs_file_refuses_writers_and_o_trunc_and_stays_whole() {
+    let m = mount_or_skip!();
+    a_running_programs_file_stays_whole(&m);
+}
+
+#[test]
+fn a_running_programs_file_refuses_writers_and_o_trunc_and_stays_whole_in_cache_mode() {
+    let m = mount_or_skip!(MountConfig {
+        cache: CacheMode::Cached,
+        ..MountConfig::default()
+    });
+    a_running_programs_file_stays_whole(&m);
+}
