@@ -359,20 +359,27 @@ impl RawFs {
         outcome: impl FnOnce(&mut Event, &T),
         answer: impl FnOnce(Result<T, Errno>),
     ) {
+        let run = || match catch_unwind(AssertUnwindSafe(|| run(&self.fs, hit.as_deref()))) {
+            Ok(r) => r,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                error!("internal error in {}: {msg}; answered EIO", op.name());
+                Err(Errno::EIO)
+            }
+        };
         let result = match early {
+            // The kernel has closed the handle or dropped the inode whatever the answer, and
+            // ignores an error: the tree lets go too, or the fault would leak it for good.
+            Some(errno) if matches!(op, Op::Release | Op::Releasedir | Op::Forget) => {
+                let _ = run();
+                Err(errno)
+            }
             Some(errno) => Err(errno),
-            None => match catch_unwind(AssertUnwindSafe(|| run(&self.fs, hit.as_deref()))) {
-                Ok(r) => r,
-                Err(panic) => {
-                    let msg = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    error!("internal error in {}: {msg}; answered EIO", op.name());
-                    Err(Errno::EIO)
-                }
-            },
+            None => run(),
         };
         if let Some((d, true)) = hit.as_ref().and_then(|r| r.delay()) {
             let _blocked = self.reserve.blocking();

@@ -1365,3 +1365,37 @@ fn mount_and_run_apply_a_rules_file_from_the_start() {
     let err = rt.fails(&["run", "--faults", s(&bad), "--", "true"]);
     assert!(err.contains("unknown errno \"EWHAT\""), "{err}");
 }
+
+/// An errno on `release` or `forget` goes to the kernel, which ignores it: it has let go of
+/// the handle and the inode whatever the answer, and so does the tree. (Before, the fault
+/// kept the tree from closing the file, and an unlinked file's space was never freed.)
+#[test]
+fn an_errno_on_release_or_forget_is_recorded_and_the_file_is_let_go_all_the_same() {
+    let m = mount_or_skip!();
+    let id = add(
+        &m,
+        r#"{"match":{"ops":["release","forget"]},"action":{"errno":"EIO"}}"#,
+    );
+    let p = m.join("f");
+    fs::write(&p, vec![7u8; 1 << 20]).unwrap();
+    fs::remove_file(&p).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while m.fs().bytes_used() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the unlinked file's space was never freed: {} bytes used",
+            m.fs().bytes_used()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let all = events(&m);
+    for op in [Op::Release, Op::Forget] {
+        assert!(
+            all.iter()
+                .any(|e| e.op == op && e.rule == Some(id) && e.errno.as_deref() == Some("EIO")),
+            "no {} answered EIO by the rule:\n{}",
+            op.name(),
+            dump(&all)
+        );
+    }
+}
