@@ -173,9 +173,9 @@ struct MountArgs {
     /// bytes with an optional K, M, G or T suffix (powers of 1024), e.g. 64M.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     size: Option<u64>,
-    /// Let the kernel cache: page cache for file data and 1 s TTLs for attributes and for
-    /// names in directories anyone may search (docs/behaviour.md). Faster, but reads and
-    /// writes reach rawfs page by page or not at all, and cached stats are not seen.
+    /// Let the kernel cache: page cache for file data and 1 s TTLs for attributes (names in
+    /// directories anyone may search are kept in both modes, docs/behaviour.md). Faster, but
+    /// reads and writes reach rawfs page by page or not at all, and cached stats are not seen.
     #[arg(long)]
     cache: bool,
     /// Threads serving requests.

@@ -4,9 +4,9 @@
 //! Without names it may keep, the kernel looks up every name on a path on every walk: a
 //! `stat("d/f")` is a lookup of `d`, a lookup of `f` and a getattr, though only the getattr is
 //! what the program asked for. So the kernel keeps names (dentries), in both modes, and walks
-//! through them without asking anyone: for an hour in the default mode, which keeps no
-//! attributes (every stat still reaches the tree), and for a second with `--cache`, which
-//! keeps attributes for a second too. Lookups the program causes still arrive: a name the
+//! through them without asking anyone, for an hour. The default mode keeps no attributes
+//! (every stat still reaches the tree); `--cache` keeps them for a second. Lookups the
+//! program causes still arrive: a name the
 //! kernel does not know (a failed lookup is never kept), and an exclusive create or mkdir of a
 //! name it knows (the kernel looks it up again before it answers EEXIST).
 //!
@@ -28,7 +28,8 @@
 //! every walk meets the rule.
 //!
 //! A kernel older than 6.16 cannot forget names that way: there the default mode keeps no
-//! names, and `--cache` keeps `default_permissions` ([`kernel_forgets_names`] decides before
+//! names, and `--cache` keeps `default_permissions` and names for a second only, the most a
+//! fault rule added later waits to meet every walk ([`kernel_forgets_names`] decides before
 //! the mount).
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -40,12 +41,13 @@ use log::warn;
 
 use crate::fs::{Attr, Fs, Kind, all_may_search};
 
-/// How long names and attributes live in the kernel with `--cache`.
+/// How long attributes live in the kernel with `--cache`, and names where the kernel cannot
+/// be made to forget them (before Linux 6.16).
 const CACHED_TTL: Duration = Duration::from_secs(1);
-/// How long names live in the kernel in the default mode. Every change that could make a
-/// name wrong or let it skip a check makes the kernel forget it, so the lifetime only bounds
-/// the damage of a change that did not; a long one keeps a slow program's trace free of
-/// lookups that come and go with the clock.
+/// How long names live in the kernel where it can be made to forget them. Every change that
+/// could make a name wrong or let it skip a check makes the kernel forget it, so the lifetime
+/// only bounds the damage of a change that did not; a long one keeps a slow program's trace
+/// free of lookups that come and go with the clock.
 const KEPT_TTL: Duration = Duration::from_secs(3600);
 /// The notification that makes the kernel forget every name it holds.
 const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
@@ -59,8 +61,8 @@ pub enum Guard {
     Uncached,
     /// The kernel checks with `default_permissions`; names and attributes live [`CACHED_TTL`].
     Kernel,
-    /// The tree: names live (a second with `--cache`, an hour otherwise) only where anyone
-    /// may walk to them, and the kernel forgets them all when that changes.
+    /// The tree: names live (an hour) only where anyone may walk to them, and the kernel
+    /// forgets them all when that changes.
     Tree,
 }
 
@@ -101,7 +103,11 @@ impl Names {
         };
         Names {
             guard,
-            name: if cached { CACHED_TTL } else { KEPT_TTL },
+            name: if guard == Guard::Kernel {
+                CACHED_TTL
+            } else {
+                KEPT_TTL
+            },
             attr: if cached { CACHED_TTL } else { Duration::ZERO },
             device: OnceLock::new(),
             unguarded: AtomicBool::new(false),
@@ -294,10 +300,8 @@ mod tests {
             .ino;
         let shut = fs.mkdir(&root, open, "shut".as_ref(), 0o750).unwrap().ino;
         let below = fs.mkdir(&root, shut, "below".as_ref(), 0o777).unwrap().ino;
-        for (cached, name, attr) in [
-            (true, CACHED_TTL, CACHED_TTL),
-            (false, KEPT_TTL, Duration::ZERO),
-        ] {
+        for (cached, attr) in [(true, CACHED_TTL), (false, Duration::ZERO)] {
+            let name = KEPT_TTL;
             let names = Names::new(cached, true);
             assert!(!names.kernel_checks());
             assert_eq!(names.attr_ttl(), attr);

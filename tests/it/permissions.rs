@@ -504,21 +504,29 @@ os.close(fd)
     );
 }
 
+/// A `--cache` mount where the tree guards the names the kernel keeps; `None` (after saying
+/// why) where it cannot: before Linux 6.16 `--cache` leaves permission checks to the kernel,
+/// which keeps names for a second only.
+fn cache_mount_guarded_by_the_tree() -> Option<TempMount> {
+    let m = mount_with(&MountConfig {
+        cache: CacheMode::Cached,
+        ..MountConfig::default()
+    })?;
+    if !rawfs::fuse::names::kernel_forgets_names() {
+        eprintln!("SKIPPED: before Linux 6.16 --cache leaves permission checks to the kernel");
+        return None;
+    }
+    Some(m)
+}
+
 /// With `--cache`, a create or an unlink in a subdirectory costs no getattr of the directory:
 /// the tree, not the kernel, checks permissions, and names the kernel keeps are guarded by
 /// the tree (src/fuse/names.rs; the steps above check that they stay as strict as tmpfs).
 #[test]
 fn with_cache_a_create_or_unlink_costs_no_getattr_of_its_directory() {
-    let Some(m) = mount_with(&MountConfig {
-        cache: CacheMode::Cached,
-        ..MountConfig::default()
-    }) else {
+    let Some(m) = cache_mount_guarded_by_the_tree() else {
         return;
     };
-    if !rawfs::fuse::names::kernel_forgets_names() {
-        eprintln!("SKIPPED: before Linux 6.16 --cache leaves permission checks to the kernel");
-        return;
-    }
     const FILES: usize = 50;
     let (between, _) = between_markers(&m, &walk_program(FILES));
     let getattrs: Vec<String> = between
@@ -538,4 +546,37 @@ fn with_cache_a_create_or_unlink_costs_no_getattr_of_its_directory() {
         let n = between.iter().filter(|r| r.op == op).count();
         assert_eq!(n, FILES, "{op:?} requests");
     }
+}
+
+/// With `--cache` too, the kernel keeps a name longer than the second it keeps attributes: a
+/// walk through `d` well after its mkdir sends no lookup of `d`, while the stat at its end
+/// reaches rawfs, its file's attributes having expired.
+#[test]
+fn with_cache_a_kept_name_outlives_the_second_attributes_live() {
+    let Some(m) = cache_mount_guarded_by_the_tree() else {
+        return;
+    };
+    let program = r#"
+import os, time
+os.mkdir("d")
+open("d/f", "w").close()
+os.stat("d/f")
+time.sleep(1.5)
+os.path.exists("begin")
+os.stat("d/f")
+os.path.exists("end")
+"#;
+    let (between, _) = between_markers(&m, program);
+    let on = |path: &str| {
+        between
+            .iter()
+            .filter(|r| r.path.as_ref().is_some_and(|p| p == path))
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(on("/d").is_empty(), "requests on /d: {:?}", on("/d"));
+    assert!(
+        !on("/d/f").is_empty(),
+        "the stat 1.5 s later was answered from attributes that live a second"
+    );
 }
