@@ -6,9 +6,9 @@
 //! what the program asked for. So the kernel keeps names (dentries), in both modes, and walks
 //! through them without asking anyone, for an hour. The default mode keeps no attributes
 //! (every stat still reaches the tree); `--cache` keeps them for a second. Lookups the
-//! program causes still arrive: a name the
-//! kernel does not know (a failed lookup is never kept), and an exclusive create or mkdir of a
-//! name it knows (the kernel looks it up again before it answers EEXIST).
+//! program causes still arrive: a name the kernel does not know (a failed lookup is never
+//! kept), and an exclusive create or mkdir of a name it knows (the kernel looks it up again
+//! before it answers EEXIST).
 //!
 //! Walking through kept names, nothing checks search permission on the way. The kernel's own
 //! checks (`default_permissions`) would, but they need the directory's attributes, which the
@@ -28,9 +28,9 @@
 //! every walk meets the rule.
 //!
 //! A kernel older than 6.16 cannot forget names that way: there the default mode keeps no
-//! names, and `--cache` keeps `default_permissions` and names for a second only, the most a
-//! fault rule added later waits to meet every walk ([`kernel_forgets_names`] decides before
-//! the mount).
+//! names, and `--cache` keeps `default_permissions` and keeps names for a second only, so
+//! that a fault rule on lookups added later meets every walk within a second
+//! ([`kernel_forgets_names`] decides before the mount).
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
