@@ -1860,7 +1860,7 @@ impl Fs {
         s.open_handle(ino, flags)
     }
 
-    /// readdir(3): up to [`READDIR_BATCH`] entries after `offset` ("." and ".." first), in a
+    /// readdir(3): up to `READDIR_BATCH` entries after `offset` ("." and ".." first), in a
     /// stable order.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>, Errno> {
         let mut out = Vec::new();

@@ -1,5 +1,5 @@
 //! The FUSE adapter: decodes each kernel request from fuser, runs it on the in-memory tree
-//! through one pipeline ([`RawFs::call`]), and encodes the reply.
+//! through one pipeline (`RawFs::call`), and encodes the reply.
 //!
 //! Every request passes through `call`, the single place where a request is numbered and
 //! recorded in the trace and where a panic in the tree becomes EIO plus a log line instead of
@@ -46,11 +46,13 @@ use reserve::Reserve;
 /// How the kernel may cache what rawfs answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum CacheMode {
-    /// Every lookup, stat, read and write reaches the daemon: zero TTLs and FOPEN_DIRECT_IO,
-    /// so each read(2)/write(2) is one request with the application's own size.
+    /// Every stat, read and write reaches the daemon: attributes live for no time and files
+    /// are opened with FOPEN_DIRECT_IO, so each read(2)/write(2) is one request with the
+    /// application's own size. Names live where anyone may walk to them ([`names`]).
     #[default]
     Direct,
-    /// Page cache and one-second entry/attribute TTLs, as an ordinary file system would run.
+    /// Page cache and one-second attribute TTLs, as an ordinary file system would run; names
+    /// live as in [`CacheMode::Direct`].
     Cached,
 }
 

@@ -119,7 +119,7 @@ impl<'a> Asker<'a> {
         }
     }
 
-    /// The caller of an access(2) request (see [`Asker::access`]'s field).
+    /// The caller of an access(2) request (see `Asker::access`'s field).
     pub fn for_access(caller: &'a Caller, source: CredentialSource) -> Asker<'a> {
         Asker {
             access: true,

@@ -59,7 +59,7 @@ const EPOCH_MINOR: u32 = 44;
 pub enum Guard {
     /// No name is cached (the default mode on a kernel before 6.16): every walk asks the tree.
     Uncached,
-    /// The kernel checks with `default_permissions`; names and attributes live [`CACHED_TTL`].
+    /// The kernel checks with `default_permissions`; names and attributes live a second.
     Kernel,
     /// The tree: names live (an hour) only where anyone may walk to them, and the kernel
     /// forgets them all when that changes.
